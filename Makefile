@@ -1,0 +1,28 @@
+# Two entry points for users: `make demo` and `make test`. Both create .venv and install segpipe into it.
+# On machines without `nvidia-smi` the CPU build of torch is installed first, so pip does not fetch a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_CPU := torch==2.13.0
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "no GPU found: installing the CPU build of torch ($(TORCH_CPU))"; \
+		$(PY) -m pip install --disable-pip-version-check -q $(TORCH_CPU) || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/segpipe demo --workspace demo_workspace
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) demo_workspace

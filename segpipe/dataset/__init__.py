@@ -1,0 +1,1 @@
+"""Datasets: the workspace's dataset.json schema, reading cases, validation and onboarding converters."""

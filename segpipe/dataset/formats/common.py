@@ -1,0 +1,79 @@
+"""Options and helpers shared by the onboarding converters."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segpipe.errors import Problem, fail
+from segpipe.io.images import file_ending
+
+
+@dataclass
+class OnboardOptions:
+    """What the user told ``segpipe onboard`` about the folder.
+
+    ``labels``: name -> value when the folder does not declare them. ``channels``: channel names in order.
+    ``image_globs``/``label_glob``: flat layout patterns with one ``*`` standing for the case id.
+    ``spacing_csv``/``pixel_spacing``: pixel size (mm) for 2D formats that carry none.
+    """
+
+    name: str
+    format: str = "auto"
+    channels: list[str] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)
+    image_globs: list[str] = field(default_factory=list)
+    label_glob: str | None = None
+    spacing_csv: Path | None = None
+    pixel_spacing: float | None = None
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Files in ``folder`` that are not hidden (skips macOS ``._*`` resource forks and dot-files)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def strip_ending(name: str) -> str:
+    end = file_ending(name)
+    return name[: -len(end)] if end else name
+
+
+def channels_from(options: OnboardOptions, declared: dict[str, str] | None, n_default: int = 1) -> dict[str, str]:
+    if options.channels:
+        return {str(i): c for i, c in enumerate(options.channels)}
+    if declared:
+        return {str(k): str(v) for k, v in sorted(declared.items(), key=lambda kv: int(kv[0]))}
+    return {str(i): "image" if n_default == 1 else f"channel_{i}" for i in range(n_default)}
+
+
+def read_spacing_csv(path: Path) -> dict[str, float]:
+    """Pixel size per image file name from a CSV (a 'file'/'name' column and a 'pixel size'/'spacing' column)."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except OSError as e:
+        raise fail(f"cannot read spacing CSV ({e.strerror})", "check the path given to --spacing-csv", file=path)
+    if len(rows) < 2:
+        raise fail("spacing CSV has no rows", "give a CSV with a header and one row per image", file=path)
+    header = [h.strip().lower() for h in rows[0]]
+    name_col = next((i for i, h in enumerate(header) if "file" in h or "name" in h or "image" in h), None)
+    sp_col = next((i for i, h in enumerate(header) if "pixel size" in h or "spacing" in h or "pixel_size" in h),
+                  None)
+    if name_col is None or sp_col is None:
+        raise fail(f"spacing CSV header {rows[0]} has no file-name column or no 'pixel size'/'spacing' column",
+                   "name the columns e.g. 'filename,pixel size(mm)'", file=path)
+    out: dict[str, float] = {}
+    for r in rows[1:]:
+        if len(r) <= max(name_col, sp_col) or not r[name_col].strip():
+            continue
+        try:
+            out[Path(r[name_col].strip()).name] = float(r[sp_col])
+        except ValueError:
+            raise fail(f"spacing '{r[sp_col]}' for {r[name_col]} is not a number", "fix the CSV", file=path)
+    return out
+
+
+def undeclared_labels_problem(source: Path) -> Problem:
+    return Problem("labels are not declared", "pass --labels background=0 NAME=1 ... ", str(source))

@@ -1,0 +1,82 @@
+"""Medical Segmentation Decathlon task folders.
+
+``dataset.json`` with ``modality`` ({index: name}), ``labels`` ({value: name}) and ``training``
+([{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]); multi-modal tasks store all channels
+in one 4D file. Without a dataset.json, ``imagesTr``/``labelsTr`` with matching file names are used, and
+labels come from ``--labels`` or from the label maps themselves.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from segpipe.dataset.formats.common import OnboardOptions, channels_from, strip_ending, visible_files
+from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.errors import Problem, fail
+from segpipe.io.images import file_ending
+
+
+def _rel(path_in_json: str) -> str:
+    p = path_in_json.replace("\\", "/")
+    while p.startswith("./"):
+        p = p[2:]
+    return p
+
+
+def discover_msd(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, list[Problem]]:
+    problems: list[Problem] = []
+    dj_path = source / "dataset.json"
+    declared_channels: dict[str, str] | None = None
+    labels: dict[str, int] = dict(options.labels)
+    cases: list[CaseEntry] = []
+    if dj_path.is_file():
+        try:
+            dj = json.loads(dj_path.read_text())
+        except ValueError as e:
+            raise fail(f"dataset.json is not valid JSON ({e})", "fix its syntax", file=dj_path) from None
+        for key, typ in (("modality", dict), ("labels", dict), ("training", list)):
+            if key not in dj:
+                problems.append(Problem(f"dataset.json has no '{key}' field", f"add '{key}' as in the MSD format",
+                                        str(dj_path)))
+            elif not isinstance(dj[key], typ):
+                problems.append(Problem(f"dataset.json field '{key}' should be a {typ.__name__}, found "
+                                        f"{type(dj[key]).__name__}", "fix the field's type", str(dj_path)))
+        if problems:
+            return _empty(source, options), problems
+        declared_channels = {str(k): str(v) for k, v in dj["modality"].items()}
+        if not labels:
+            try:
+                labels = {str(name): int(value) for value, name in dj["labels"].items()}
+            except (TypeError, ValueError):
+                problems.append(Problem("dataset.json 'labels' must map integer values to names, "
+                                        f"found {dj['labels']!r}", 'write e.g. {"0": "background", "1": "tumour"}',
+                                        str(dj_path)))
+        for i, entry in enumerate(dj["training"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+                problems.append(Problem(f"training entry {i} has no 'image' path: {entry!r}",
+                                        "give each entry an 'image' and a 'label' path", str(dj_path)))
+                continue
+            img = _rel(entry["image"])
+            lab = _rel(entry["label"]) if isinstance(entry.get("label"), str) else None
+            cases.append(CaseEntry(strip_ending(Path(img).name), [img], lab))
+    else:
+        for img in visible_files(source / "imagesTr"):
+            if not file_ending(img.name):
+                continue
+            lab = source / "labelsTr" / img.name
+            cases.append(CaseEntry(strip_ending(img.name), [f"imagesTr/{img.name}"],
+                                   f"labelsTr/{img.name}" if lab.exists() else None))
+        image_ids = {c.id for c in cases}
+        for lab in visible_files(source / "labelsTr"):
+            if file_ending(lab.name) and strip_ending(lab.name) not in image_ids:
+                problems.append(Problem("label file without an image", "add the image to imagesTr or remove the "
+                                        "label", str(lab), strip_ending(lab.name)))
+    channels = channels_from(options, declared_channels)
+    ending = file_ending(cases[0].images[0]) if cases else ".nii.gz"
+    spec = DatasetSpec(name=options.name, source=str(source), format="msd", channels=channels, labels=labels,
+                       file_ending=ending, cases=cases, channels_in_file=True)
+    return spec, problems
+
+
+def _empty(source: Path, options: OnboardOptions) -> DatasetSpec:
+    return DatasetSpec(options.name, str(source), "msd", {}, {}, ".nii.gz", [])

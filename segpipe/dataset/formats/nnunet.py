@@ -1,0 +1,78 @@
+"""nnU-Net v2 raw folders: dataset.json with ``channel_names``, ``labels`` ({name: value}), ``file_ending``;
+``imagesTr/<case>_<XXXX><ending>`` (one file per channel) and ``labelsTr/<case><ending>``."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from segpipe.dataset.formats.common import OnboardOptions, channels_from, visible_files
+from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.errors import Problem, fail
+
+
+def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, list[Problem]]:
+    problems: list[Problem] = []
+    dj_path = source / "dataset.json"
+    if not dj_path.is_file():
+        raise fail("nnU-Net raw folder without dataset.json", "add dataset.json (channel_names, labels, "
+                   "file_ending) or use --format msd/flat", file=dj_path)
+    try:
+        dj = json.loads(dj_path.read_text())
+    except ValueError as e:
+        raise fail(f"dataset.json is not valid JSON ({e})", "fix its syntax", file=dj_path) from None
+    for key, typ in (("channel_names", dict), ("labels", dict), ("file_ending", str)):
+        if key not in dj:
+            problems.append(Problem(f"dataset.json has no '{key}' field", f"add '{key}' (nnU-Net v2 format)",
+                                    str(dj_path)))
+        elif not isinstance(dj[key], typ):
+            problems.append(Problem(f"dataset.json field '{key}' should be a {typ.__name__}, found "
+                                    f"{type(dj[key]).__name__}", "fix the field's type", str(dj_path)))
+    if problems:
+        return DatasetSpec(options.name, str(source), "nnunet", {}, {}, ".nii.gz", []), problems
+    labels = dict(options.labels)
+    if not labels:
+        for name, value in dj["labels"].items():
+            if isinstance(value, (list, tuple)):
+                problems.append(Problem(f"label '{name}' is a region {value} (region-based training)",
+                                        "declare one integer value per label", str(dj_path)))
+            elif not isinstance(value, int) or isinstance(value, bool):
+                problems.append(Problem(f"label '{name}' has value {value!r}, expected an integer",
+                                        "use integer label values", str(dj_path)))
+            else:
+                labels[str(name)] = value
+    ending = dj["file_ending"]
+    channels = channels_from(options, dj["channel_names"])
+    n_ch = len(channels)
+    pat = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
+    images: dict[str, dict[int, str]] = {}
+    for p in visible_files(source / "imagesTr"):
+        m = pat.match(p.name)
+        if m:
+            images.setdefault(m["case"], {})[int(m["ch"])] = f"imagesTr/{p.name}"
+        elif p.name.endswith(ending):
+            problems.append(Problem("image file name lacks the channel suffix _XXXX",
+                                    f"rename it to <case>_0000{ending}", str(p)))
+    label_ids = {p.name[: -len(ending)] for p in visible_files(source / "labelsTr") if p.name.endswith(ending)}
+    cases = []
+    for cid in sorted(images):
+        chans = images[cid]
+        missing = [i for i in range(n_ch) if i not in chans]
+        extra = [i for i in chans if i >= n_ch]
+        if missing:
+            problems.append(Problem(f"missing channel file(s) {[f'{cid}_{i:04d}{ending}' for i in missing]}",
+                                    "add them, or fix channel_names in dataset.json", str(source / "imagesTr"), cid))
+        if extra:
+            problems.append(Problem(f"extra channel file(s) {[f'{cid}_{i:04d}{ending}' for i in extra]} beyond the "
+                                    f"{n_ch} declared channel(s)", "declare the channel in channel_names or "
+                                    "remove the file", str(source / "imagesTr"), cid))
+        if missing or extra:
+            continue
+        cases.append(CaseEntry(cid, [chans[i] for i in range(n_ch)],
+                               f"labelsTr/{cid}{ending}" if cid in label_ids else None))
+    for lid in sorted(label_ids - set(images)):
+        problems.append(Problem("label file without an image", "add the image or remove the label",
+                                str(source / "labelsTr" / f"{lid}{ending}"), lid))
+    spec = DatasetSpec(name=options.name, source=str(source), format="nnunet", channels=channels, labels=labels,
+                       file_ending=ending, cases=cases)
+    return spec, problems

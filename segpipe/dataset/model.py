@@ -1,0 +1,134 @@
+"""The workspace's ``dataset.json``: what a dataset is made of, independent of the user's folder layout.
+
+Paths of case files are relative to the dataset's ``raw/`` folder (a link to, or with ``--copy`` a copy of,
+the user's folder); they never contain ``..`` and never start with ``/``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from segpipe.errors import Problem, SegpipeError, fail
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` is not safe as a file name component, or None when it is."""
+    if not case_id:
+        return "empty case id"
+    if "/" in case_id or "\\" in case_id:
+        return f"case id '{case_id}' contains a path separator"
+    if ".." in case_id:
+        return f"case id '{case_id}' contains '..'"
+    if not SAFE_ID.match(case_id):
+        return f"case id '{case_id}' has characters other than letters, digits, '.', '_', '+', '-' or starts with one"
+    return None
+
+
+def relative_path_problem(rel: str) -> str | None:
+    """Why ``rel`` (a path inside the raw folder) is unsafe, or None."""
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute():
+        return f"absolute path '{rel}' (paths must be relative to the data set folder)"
+    if ".." in p.parts:
+        return f"path '{rel}' leaves the data set folder ('..')"
+    return None
+
+
+@dataclass
+class CaseEntry:
+    """One case. ``images`` has one path per channel, or a single multi-channel (4D) file when the dataset
+    has ``channels_in_file``. ``spacing`` overrides the files' spacing (array axis order, mm), for formats that
+    carry none (PNG)."""
+
+    id: str
+    images: list[str]
+    label: str | None = None
+    spacing: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        d = {"id": self.id, "images": list(self.images), "label": self.label}
+        if self.spacing is not None:
+            d["spacing"] = list(self.spacing)
+        return d
+
+
+@dataclass
+class DatasetSpec:
+    """Everything segpipe needs to know about a dataset; serialised as the workspace's dataset.json."""
+
+    name: str
+    source: str
+    format: str
+    channels: dict[str, str]
+    labels: dict[str, int]
+    file_ending: str
+    cases: list[CaseEntry]
+    channels_in_file: bool = False
+    label_value_map: dict[str, int] | None = None
+    raw_mode: str = "link"
+    allow_external_links: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output classes including background."""
+        return len(self.labels)
+
+    def case(self, case_id: str) -> CaseEntry:
+        for c in self.cases:
+            if c.id == case_id:
+                return c
+        raise KeyError(case_id)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "format": self.format, "raw_mode": self.raw_mode,
+                "allow_external_links": self.allow_external_links,
+                "channels": dict(self.channels), "labels": dict(self.labels), "file_ending": self.file_ending,
+                "channels_in_file": self.channels_in_file, "label_value_map": self.label_value_map,
+                "notes": list(self.notes), "num_cases": len(self.cases),
+                "cases": [c.to_dict() for c in self.cases]}
+
+    @classmethod
+    def from_dict(cls, d: dict, file: str | Path | None = None) -> "DatasetSpec":
+        """Parse and check a workspace dataset.json (types, required keys, safe ids and paths)."""
+        problems: list[Problem] = []
+
+        def need(key: str, typ: type | tuple):
+            if key not in d:
+                problems.append(Problem(f"missing field '{key}'", "re-run `segpipe onboard --force`", file=str(file)))
+                return None
+            if not isinstance(d[key], typ):
+                problems.append(Problem(f"field '{key}' should be {getattr(typ, '__name__', typ)}, "
+                                        f"found {type(d[key]).__name__}", "re-run `segpipe onboard --force`",
+                                        file=str(file)))
+                return None
+            return d[key]
+
+        name, source, fmt = need("name", str), need("source", str), need("format", str)
+        channels, labels, ending = need("channels", dict), need("labels", dict), need("file_ending", str)
+        cases = need("cases", list)
+        if problems:
+            raise SegpipeError(problems)
+        entries = []
+        for c in cases:
+            if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("images"), list):
+                raise fail(f"malformed case entry {c!r}", "re-run `segpipe onboard --force`", file=file)
+            why = case_id_problem(c["id"])
+            for rel in list(c["images"]) + ([c["label"]] if c.get("label") else []):
+                why = why or relative_path_problem(str(rel))
+            if why:
+                raise fail(why, "re-run `segpipe onboard --force` on the original folder", file=file)
+            entries.append(CaseEntry(c["id"], [str(i) for i in c["images"]], c.get("label"), c.get("spacing")))
+        return cls(name=name, source=source, format=fmt, channels={str(k): str(v) for k, v in channels.items()},
+                   labels={str(k): int(v) for k, v in labels.items()}, file_ending=ending, cases=entries,
+                   channels_in_file=bool(d.get("channels_in_file", False)),
+                   label_value_map=d.get("label_value_map"), raw_mode=d.get("raw_mode", "link"),
+                   allow_external_links=bool(d.get("allow_external_links", False)),
+                   notes=list(d.get("notes", [])))

@@ -1,0 +1,117 @@
+"""``segpipe onboard``: describe a user's folder as a workspace dataset, after validating every case.
+
+Nothing is written unless every case passes; the user's folder is linked (or, with ``copy``, its case files
+are copied), never modified.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from segpipe.dataset.formats import discover
+from segpipe.dataset.formats.common import OnboardOptions
+from segpipe.dataset.model import DatasetSpec, case_id_problem
+from segpipe.dataset.validate import validate_dataset
+from segpipe.errors import Problem, SegpipeError, fail
+from segpipe.io.atomic import atomic_path
+from segpipe.io.images import ENDINGS_2D
+from segpipe.io.jsonio import read_json, write_json
+from segpipe.records import input_state, up_to_date, write_record
+from segpipe.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def load_dataset(ws: Workspace) -> DatasetSpec:
+    """Read and check the workspace's dataset.json."""
+    ws.require_dataset()
+    return DatasetSpec.from_dict(read_json(ws.dataset_json, kind="dataset"), file=ws.dataset_json)
+
+
+def _complete_labels(spec: DatasetSpec, found: set[int]) -> list[Problem]:
+    """Declare labels found in the data when the folder declared none; check the declared set's shape."""
+    problems: list[Problem] = []
+    if not spec.labels:
+        spec.labels = {"background": 0}
+        for v in sorted(found - {0}):
+            spec.labels[f"label_{v}"] = v
+        problems.append(Problem(f"no label names given; using the values found in the label maps: {spec.labels}",
+                                "name them with --labels background=0 NAME=1 ...", spec.source, severity="warning"))
+    values = sorted(spec.labels.values())
+    if 0 not in values:
+        problems.append(Problem(f"labels {spec.labels} have no background value 0", "declare background=0",
+                                spec.source))
+    elif values != list(range(len(values))):
+        problems.append(Problem(f"label values {values} are not consecutive from 0",
+                                "renumber the label maps to 0, 1, 2, ... (or map them with --labels)", spec.source))
+    return problems
+
+
+def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, options: OnboardOptions, copy: bool = False,
+            workers: int = 1, force: bool = False, allow_external_links: bool = False) -> tuple[Workspace, DatasetSpec, list[Problem], bool]:
+    """Onboard ``source`` as dataset ``options.name``. Returns (workspace, spec, warnings, skipped)."""
+    src = Path(os.path.abspath(Path(source).expanduser()))
+    if not src.is_dir():
+        raise fail("source folder does not exist or is not a folder", "give the folder holding the data", file=src)
+    why = case_id_problem(options.name)
+    if why:
+        raise fail(f"unsafe dataset name: {why.replace('case id', 'name')}", "use letters, digits, '_', '-' only")
+    ws = Workspace(workspace_root, options.name)
+    real_src = src.resolve()
+    if ws.root.resolve() == real_src or real_src in ws.root.resolve().parents:
+        raise fail("the workspace lies inside the data folder; segpipe never writes into the user's folder",
+                   "choose a --workspace outside the data folder", file=ws.root)
+    spec, problems = discover(src, options)
+    if spec.file_ending in ENDINGS_2D and spec.label_value_map is None and 255 not in spec.labels.values():
+        spec.label_value_map = {"255": 1}
+    spec.raw_mode = "copy" if copy else "link"
+    spec.allow_external_links = allow_external_links
+    files = [src / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
+    settings = {"options": {k: str(v) for k, v in vars(options).items()}, "copy": copy, "source": str(src),
+                "allow_external_links": allow_external_links}
+    inputs = input_state([], [f for f in files if f.is_file()])
+    if not force and ws.dataset_json.is_file():
+        old = read_json(ws.dataset_json, kind="dataset")
+        if old.get("source") != str(src):
+            raise fail(f"dataset '{options.name}' was onboarded from {old.get('source')}, not {src}",
+                       "choose another --name, or pass --force to replace it", file=ws.dataset_json)
+        if not any(p.severity == "error" for p in problems) and up_to_date(ws, "onboard", inputs, settings,
+                                                                           [ws.dataset_json]):
+            log.info("onboard: inputs unchanged since the last run; skipping (use --force to redo)")
+            return ws, load_dataset(ws), [], True
+    problems, reports = validate_dataset(spec, src, workers=workers, extra_problems=problems)
+    found = {int(v) for r in reports for v in r.label_values}
+    if not any(p.severity == "error" for p in problems):
+        problems += _complete_labels(spec, found)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise SegpipeError(problems)
+    warnings = [p for p in problems if p.severity == "warning"]
+    ndims = {r.ndim for r in reports if r.ndim}
+    spec.notes = [f"{len(spec.cases)} cases, {ndims.pop() if len(ndims) == 1 else '?'}D, "
+                  f"channels {list(spec.channels.values())}, labels {spec.labels}"]
+    _write(ws, spec, src, copy)
+    write_record(ws, "onboard", inputs, settings, [ws.dataset_json])
+    return ws, spec, warnings, False
+
+
+def _write(ws: Workspace, spec: DatasetSpec, src: Path, copy: bool) -> None:
+    ws.dir.mkdir(parents=True, exist_ok=True)
+    if ws.raw.is_symlink() or ws.raw.is_file():
+        ws.raw.unlink()
+    elif ws.raw.is_dir():
+        shutil.rmtree(ws.raw)
+    if copy:
+        spec.allow_external_links = False  # the copies are real files inside raw/
+        with atomic_path(ws.raw) as tmp:
+            for c in spec.cases:
+                for rel in c.images + ([c.label] if c.label else []):
+                    dst = tmp / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src / rel, dst)
+    else:
+        with atomic_path(ws.raw) as tmp:
+            os.symlink(src, tmp, target_is_directory=True)
+    write_json(ws.dataset_json, spec.to_dict(), kind="dataset")

@@ -1,0 +1,54 @@
+"""Errors that users see: each names the file, the problem and the fix.
+
+Library code raises :class:`SegpipeError` with one or more :class:`Problem` records; the CLI prints them
+(all at once) and exits non-zero without a traceback unless ``--debug`` is given.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the user's input.
+
+    ``severity`` is ``"error"`` (the stage refuses to write anything) or ``"warning"`` (reported, not fatal).
+    """
+
+    problem: str
+    fix: str
+    file: str | None = None
+    case: str | None = None
+    severity: str = "error"
+
+    def format(self) -> str:
+        where = []
+        if self.case:
+            where.append(f"case '{self.case}'")
+        if self.file:
+            where.append(f"file {self.file}")
+        head = f"[{self.severity}] " + (", ".join(where) + ": " if where else "")
+        return f"{head}{self.problem}\n    fix: {self.fix}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SegpipeError(Exception):
+    """A user-facing error made of one or more problems."""
+
+    def __init__(self, problems: Problem | Iterable[Problem]):
+        self.problems: list[Problem] = [problems] if isinstance(problems, Problem) else list(problems)
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        errors = [p for p in self.problems if p.severity == "error"]
+        lines = [f"{len(errors)} problem(s) found:" if len(errors) > 1 else ""]
+        lines += [p.format() for p in self.problems]
+        return "\n".join(line for line in lines if line)
+
+
+def fail(problem: str, fix: str, file: str | None = None, case: str | None = None) -> SegpipeError:
+    """Build a single-problem :class:`SegpipeError` (``raise fail(...)``)."""
+    return SegpipeError(Problem(problem=problem, fix=fix, file=None if file is None else str(file), case=case))

@@ -1,0 +1,1 @@
+"""Fingerprint: per-case geometry and foreground intensity statistics, aggregated over the dataset."""

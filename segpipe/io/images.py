@@ -1,0 +1,197 @@
+"""Medical image I/O through SimpleITK (NIfTI, NRRD, MHA, PNG, TIFF, ...).
+
+Arrays come back in numpy axis order as ``SimpleITK.GetArrayFromImage`` gives them: ``(z, y, x)`` for 3D and
+``(y, x)`` for 2D. :class:`Geometry` stores the spacing in that same array axis order (millimetres), while the
+origin and the direction cosines stay in SimpleITK's physical ``(x, y, z)`` order, exactly as in the file.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from segpipe.errors import fail
+from segpipe.io.atomic import atomic_path
+
+SPACING_TOLERANCE_MM = 1e-3
+ORIGIN_TOLERANCE_MM = 1e-3
+DIRECTION_TOLERANCE = 1e-3
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff",
+                 ".bmp", ".jpg", ".jpeg")
+ENDINGS_2D = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+
+
+def file_ending(path: str | os.PathLike) -> str:
+    """The file's image ending (``.nii.gz`` counts as one ending); lower case; '' when not an image ending."""
+    name = Path(path).name.lower()
+    for end in IMAGE_ENDINGS:
+        if name.endswith(end):
+            return end
+    return ""
+
+
+@dataclass
+class Geometry:
+    """Where an image's voxels lie in physical space.
+
+    ``shape`` and ``spacing`` follow the array axis order (``(z, y, x)`` / ``(y, x)``); spacing in mm.
+    ``origin`` (mm) and ``direction`` (row-major cosine matrix, flattened) follow SimpleITK's ``(x, y, z)``.
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Geometry":
+        return cls(tuple(int(i) for i in d["shape"]), tuple(float(i) for i in d["spacing"]),
+                   tuple(float(i) for i in d["origin"]), tuple(float(i) for i in d["direction"]))
+
+    def with_spacing(self, spacing: tuple[float, ...]) -> "Geometry":
+        return Geometry(self.shape, tuple(float(s) for s in spacing), self.origin, self.direction, dict(self.extra))
+
+    def mismatches(self, other: "Geometry") -> list[str]:
+        """Human-readable differences to ``other`` beyond the tolerances (empty list when they agree)."""
+        out = []
+        if tuple(self.shape) != tuple(other.shape):
+            out.append(f"shape {tuple(self.shape)} vs {tuple(other.shape)}")
+            return out
+        if not np.allclose(self.spacing, other.spacing, rtol=1e-4, atol=SPACING_TOLERANCE_MM):
+            out.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=ORIGIN_TOLERANCE_MM + 1e-4 * max(
+                1.0, float(np.max(np.abs(self.origin))))):
+            out.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm")
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=DIRECTION_TOLERANCE):
+            out.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
+        return out
+
+
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
+
+
+def read_sitk(path: str | os.PathLike) -> sitk.Image:
+    """Read an image with SimpleITK, turning failures into a user-facing error that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise fail("file not found", "check the path, or re-run onboarding if files were moved", file=path)
+    if path.stat().st_size == 0:
+        raise fail("file is empty (0 bytes)", "replace it with a complete copy of the image", file=path)
+    if not file_ending(path):
+        raise fail(f"unsupported file ending '{''.join(path.suffixes)}'",
+                   f"convert it to one of {', '.join(IMAGE_ENDINGS)}", file=path)
+    if file_ending(path) in NIFTI_ENDINGS:
+        _check_nifti_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()
+        detail = next((m for m in msg if "rror" in m or "annot" in m), msg[-1] if msg else "")
+        raise fail(f"cannot read image: corrupt, truncated or not the format its ending says "
+                   f"({detail.strip()[:160]})", "replace it with an intact copy (try opening it in a viewer)",
+                   file=path) from None
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse truncated NIfTI-1 files and NaN/Inf voxels, which ITK hides (it pads missing voxels and reads
+    NaN as 0). Streams through the decompressed file once, without holding it in memory."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(352)
+            if len(head) < 348:
+                raise fail(f"cannot read image: only {len(head)} bytes, shorter than a NIfTI header",
+                           "replace it with an intact copy", file=path)
+            endian = next((e for e in "<>" if struct.unpack(e + "i", head[:4])[0] == 348), None)
+            if endian is None:
+                return  # not NIfTI-1 (e.g. NIfTI-2): left to ITK
+            dims = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            n = int(np.prod([max(1, d) for d in dims[1:1 + max(0, min(7, dims[0]))]], dtype=np.int64))
+            expected = vox_offset + n * bitpix // 8
+            length, nonfinite = len(head), 0
+            dtype = np.dtype(endian + _NIFTI_FLOATS[datatype]) if datatype in _NIFTI_FLOATS else None
+            pending = head[vox_offset:] if len(head) > vox_offset else b""
+            skip = max(0, vox_offset - len(head))
+            while chunk := fh.read(1 << 22):
+                length += len(chunk)
+                if dtype is None:
+                    continue
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                pending += chunk
+                usable = len(pending) - len(pending) % dtype.itemsize
+                vals = np.frombuffer(pending[:usable], dtype=dtype)
+                nonfinite += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+                pending = pending[usable:]
+            if dtype is not None and pending and len(pending) >= dtype.itemsize:
+                vals = np.frombuffer(pending[: len(pending) - len(pending) % dtype.itemsize], dtype=dtype)
+                nonfinite += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+    except (EOFError, OSError, zlib.error) as e:
+        raise fail(f"cannot read image: truncated or corrupt compressed file ({e})",
+                   "replace it with an intact copy", file=path) from None
+    if length < expected:
+        raise fail(f"cannot read image: truncated ({length} of {expected} bytes)",
+                   "replace it with an intact copy", file=path)
+    if nonfinite:
+        raise fail(f"{nonfinite} NaN/Inf intensity value(s) (ITK would silently read them as 0)",
+                   "replace them (e.g. by 0 or the background value) or remove the case", file=path)
+
+
+def geometry_of(img: sitk.Image) -> Geometry:
+    """Geometry of a SimpleITK image, with shape and spacing in array axis order."""
+    return Geometry(shape=tuple(int(s) for s in reversed(img.GetSize())),
+                    spacing=tuple(float(s) for s in reversed(img.GetSpacing())),
+                    origin=tuple(float(o) for o in img.GetOrigin()),
+                    direction=tuple(float(d) for d in img.GetDirection()),
+                    extra={"components": img.GetNumberOfComponentsPerPixel()})
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an image as ``(array, geometry)``.
+
+    Array axis order is ``(z, y, x)`` (3D) or ``(y, x)`` (2D). Multi-component pixels (RGB PNGs) come back
+    components first, ``(k, y, x)``, with ``geometry.extra['components'] == k``; the geometry describes the
+    spatial axes only.
+    """
+    img = read_sitk(path)
+    arr = sitk.GetArrayFromImage(img)
+    geo = geometry_of(img)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        arr = np.moveaxis(arr, -1, 0)
+    return arr, geo
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
+    """Write ``array`` (array axis order, spatial axes only) with ``geometry``, atomically."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    if tuple(reversed(img.GetSize())) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
+    img.SetSpacing(tuple(float(s) for s in reversed(geometry.spacing)))
+    img.SetOrigin(tuple(geometry.origin))
+    img.SetDirection(tuple(geometry.direction))
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)

@@ -1,0 +1,100 @@
+"""One configuration (2d, 3d_fullres, 3d_lowres): patch size, topology and batch size under a memory budget."""
+from __future__ import annotations
+
+import numpy as np
+
+from segpipe.planning import constants as C
+from segpipe.planning.memory import feature_map_voxels, memory_reference
+from segpipe.planning.topology import Topology, derive_topology, features_per_stage
+
+
+def initial_patch(spacing, median_shape) -> list[float]:
+    """A cube in millimetres (about 256^3 voxels in 3D, 2048^2 in 2D) shaped by the spacing, clipped to the
+    median image shape (voxels, array axis order; may be fractional where the median is)."""
+    inv = 1.0 / np.asarray(spacing, dtype=np.float64)
+    dim = len(spacing)
+    volume = C.INITIAL_PATCH_VOXELS_3D if dim == 3 else C.INITIAL_PATCH_VOXELS_2D
+    patch = [round(v) for v in inv * (volume / np.prod(inv)) ** (1 / dim)]
+    return [min(p, m) for p, m in zip(patch, median_shape)]
+
+
+def _estimate(topo: Topology, n_classes: int) -> int:
+    dim = len(topo.patch_size)
+    return feature_map_voxels(topo.patch_size, topo.strides, features_per_stage(topo.n_stages, dim), n_classes)
+
+
+def plan_configuration(spacing, median_shape, n_voxels_dataset: float, n_classes: int,
+                       memory_gb: float = C.DEFAULT_MEMORY_GB, patch_override=None, batch_override=None,
+                       network: str = "plain") -> dict:
+    """Plan one configuration at ``spacing`` (mm) for images of ``median_shape`` (voxels), both array order.
+
+    ``n_voxels_dataset``: approximate voxels of the whole dataset at this spacing (for the 5% batch cap).
+    Returns a JSON-ready dict with the choices and a ``why`` entry per choice.
+    """
+    dim = len(spacing)
+    why: dict[str, str] = {}
+    reference, ref_bs = memory_reference(dim, memory_gb)
+    if patch_override is not None:
+        topo = derive_topology(spacing, patch_override)
+        why["patch_size"] = f"set by the user ({list(patch_override)}), padded to the total stride {topo.divisor}"
+        shrunk = 0
+    else:
+        start = initial_patch(spacing, median_shape)
+        topo = derive_topology(spacing, start)
+        shrunk = 0
+        while _estimate(topo, n_classes) / ref_bs * C.MIN_BATCH_SIZE > reference:
+            ratios = [p / m for p, m in zip(topo.patch_size, median_shape)]
+            axis = int(np.argsort(ratios)[-1])
+            trial = list(topo.patch_size)
+            trial[axis] -= topo.divisor[axis]
+            step = derive_topology(spacing, trial).divisor[axis]
+            patch = list(topo.patch_size)
+            patch[axis] -= step
+            topo = derive_topology(spacing, patch)
+            shrunk += 1
+        vol = "256^3" if dim == 3 else "2048^2"
+        why["patch_size"] = (f"a {vol}-voxel cube in mm shaped by the spacing, clipped to the median image shape "
+                             f"{[round(float(m), 1) for m in median_shape]}, padded to the total stride "
+                             f"{topo.divisor}")
+        if shrunk:
+            why["patch_size"] += (f"; shrunk {shrunk} step(s), each on the axis largest relative to the median "
+                                  f"shape, until a batch of {C.MIN_BATCH_SIZE} fits {memory_gb:g} GB")
+    features = features_per_stage(topo.n_stages, dim)
+    estimate = _estimate(topo, n_classes)
+    fit_bs = round(reference / estimate * ref_bs)
+    cap_bs = round(n_voxels_dataset * C.MAX_DATASET_COVERED / float(np.prod(topo.patch_size, dtype=np.float64)))
+    if batch_override is not None:
+        batch = int(batch_override)
+        why["batch_size"] = f"set by the user ({batch})"
+    else:
+        batch = max(min(fit_bs, cap_bs), C.MIN_BATCH_SIZE)
+        limit = "the memory budget" if fit_bs <= cap_bs else f"the {C.MAX_DATASET_COVERED:.0%} data set cover cap"
+        if batch == C.MIN_BATCH_SIZE and min(fit_bs, cap_bs) < C.MIN_BATCH_SIZE:
+            limit = f"the minimum of {C.MIN_BATCH_SIZE}"
+        why["batch_size"] = (f"{batch}: {fit_bs} would fit {memory_gb:g} GB, {cap_bs} covers "
+                             f"{C.MAX_DATASET_COVERED:.0%} of the data set's voxels; limited by {limit}")
+    pools = topo.pools_per_axis
+    coarse_k1 = [a for a in range(dim) if topo.kernel_sizes[0][a] == 1]
+    why["topology"] = (f"{topo.n_stages} stages; pooling per axis {pools} (an axis pools while its feature map "
+                       f"stays >= {C.FEATUREMAP_MIN_EDGE} voxels and its spacing is within "
+                       f"{C.POOL_SPACING_RATIO:g}x the finest); features {features}")
+    if coarse_k1:
+        why["topology"] += f"; kernel size 1 on axis {coarse_k1} in early stages until its spacing catches up"
+    return {
+        "spacing": [float(s) for s in spacing],
+        "median_shape": [float(m) for m in median_shape],
+        "patch_size": [int(p) for p in topo.patch_size],
+        "batch_size": batch,
+        "network": {
+            "name": network,
+            "n_stages": topo.n_stages,
+            "features_per_stage": features,
+            "kernel_sizes": topo.kernel_sizes,
+            "strides": topo.strides,
+            "n_conv_per_stage": [C.CONVS_PER_STAGE_ENCODER] * topo.n_stages,
+            "n_conv_per_stage_decoder": [C.CONVS_PER_STAGE_DECODER] * (topo.n_stages - 1),
+        },
+        "memory": {"budget_gb": memory_gb, "feature_map_voxels": int(estimate), "batch_fitting_budget": int(fit_bs),
+                   "batch_covering_5_percent": int(cap_bs), "n_voxels_dataset": float(n_voxels_dataset)},
+        "why": why,
+    }

@@ -1,0 +1,38 @@
+"""Memory model of a U-Net: the number of conv output activations for one patch ("feature map voxels").
+
+Counts, for the plain U-Net: every encoder conv's output (the first conv of a stage carries the stride), every
+decoder conv's and transposed conv's output at the skip resolution, and the full-resolution segmentation
+output (every resolution's with ``deep_supervision``). Norms, nonlinearities and concatenations are not
+counted. Compared against a reference measured on a GPU of known size; see :func:`memory_reference`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from segpipe.planning import constants as C
+
+
+def feature_map_voxels(patch_size, strides, features, n_classes: int, convs_encoder: int = C.CONVS_PER_STAGE_ENCODER,
+                       convs_decoder: int = C.CONVS_PER_STAGE_DECODER, deep_supervision: bool = False) -> int:
+    sizes = []  # spatial size of each stage's output
+    size = [int(s) for s in patch_size]
+    total = 0
+    for feat, stride in zip(features, strides):
+        size = [s // st for s, st in zip(size, stride)]
+        sizes.append(size)
+        total += convs_encoder * feat * int(np.prod(size))
+    n_dec = len(features) - 1
+    for s in range(n_dec):  # s = 0 is the decoder stage right above the bottleneck
+        level = n_dec - 1 - s
+        vox = int(np.prod(sizes[level]))
+        total += (convs_decoder + 1) * features[level] * vox
+        if deep_supervision or level == 0:
+            total += n_classes * vox
+    return total
+
+
+def memory_reference(dim: int, memory_gb: float) -> tuple[float, int]:
+    """(feature-map voxels that fit ``memory_gb`` at the reference batch size, that reference batch size)."""
+    ref = C.REFERENCE_FEATURE_MAP_VOXELS_3D if dim == 3 else C.REFERENCE_FEATURE_MAP_VOXELS_2D
+    bs = C.REFERENCE_BATCH_3D if dim == 3 else C.REFERENCE_BATCH_2D
+    return ref * memory_gb / C.REFERENCE_MEMORY_GB, bs

@@ -1,0 +1,1 @@
+"""Preprocessing: crop to nonzero, normalize, resample, and write per-case arrays."""

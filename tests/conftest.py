@@ -1,0 +1,65 @@
+"""Shared fixtures: paths to the real data in ../shared/data and small case folders built from it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+HIPPO = DATA / "hippocampus_mri"
+FETAL = DATA / "fetal_head_us_2d"
+sys.path.insert(0, str(REPO / "tests"))  # for tests/fixtures helpers
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"real test data missing: {path} (see ../shared/data/README.md)")
+    return path
+
+
+def hippo_ids(n: int) -> list[str]:
+    names = sorted(p.name for p in require(HIPPO / "imagesTr").iterdir() if p.name.endswith(".nii.gz"))
+    return [n_[: -len(".nii.gz")] for n_ in names[:n]]
+
+
+def make_msd(dst: Path, ids: list[str], with_json: bool = True, copy: bool = True) -> Path:
+    """An MSD task folder with the given hippocampus cases (copies, so tests may damage them)."""
+    for sub in ("imagesTr", "labelsTr"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for cid in ids:
+            src = HIPPO / sub / f"{cid}.nii.gz"
+            (shutil.copy2 if copy else os.symlink)(src, dst / sub / f"{cid}.nii.gz")
+    if with_json:
+        (dst / "dataset.json").write_text(json.dumps({
+            "name": "Hippocampus", "modality": {"0": "MRI"},
+            "labels": {"0": "background", "1": "anterior", "2": "posterior"}, "numTraining": len(ids),
+            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ids]}))
+    return dst
+
+
+@pytest.fixture
+def msd4(tmp_path: Path) -> Path:
+    """A writable MSD folder with 4 real hippocampus cases."""
+    return make_msd(tmp_path / "Task04", hippo_ids(4))
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Content hash of every file under ``root`` (symlinks by target): to show a command changed nothing."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
