@@ -85,6 +85,49 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess(a: argparse.Namespace) -> int:
+    from segpipe.io.jsonio import read_json
+    from segpipe.preprocessing.run import list_cases, run_preprocess
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    config = a.config
+    if config is None:
+        configs = read_json(ws.plans_json, kind="plans").get("configurations", {})
+        config = "3d_fullres" if "3d_fullres" in configs else "2d"
+    n, skipped = run_preprocess(ws, config, workers=a.workers, force=a.force)
+    folder = ws.preprocessed(config)
+    state = "unchanged, skipped" if skipped else f"{n} case(s) written"
+    print(f"{folder}: {state}; {len(list_cases(folder))} cases complete ({config})")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from segpipe.training.run import run_train
+    from segpipe.training.schedule import parse_duration
+    from segpipe.training.trainer import TrainSettings
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    settings = TrainSettings(epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch,
+                             val_iterations=a.val_iterations,
+                             budget_s=parse_duration(a.budget) if a.budget else None, lr=a.lr, seed=a.seed,
+                             workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size)
+    folds = [str(k) for k in range(5)] if a.fold == "each" else [a.fold]
+    for fold in folds:
+        res = run_train(ws, a.config, fold, settings, trainer=a.trainer,
+                        resume=True if a.resume else (False if a.no_resume else None), force=a.force,
+                        validate=not a.no_validation)
+        st, v = res["state"], res["validation"]
+        line = (f"{a.config} fold {fold}: {st['epoch']} epochs, {st['iteration']} iterations, "
+                f"{st['elapsed_s'] / 60:.1f} min -> {res['out']}")
+        if v is not None:
+            per = ", ".join(f"{k} {m['dice']:.4f}" for k, m in v["mean"].items())
+            line += f"\n  validation Dice: {per}; mean {v['foreground_mean_dice']:.4f}"
+        print(line)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from segpipe.demo import run_demo
 
@@ -138,6 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--force", action="store_true", help="re-run even when the inputs did not change")
     pl.set_defaults(func=cmd_plan)
 
+    pp = sub.add_parser("preprocess", help="crop, normalize, resample every case -> preprocessed/<config>/")
+    _add_ws(pp)
+    pp.add_argument("--config", help="configuration from plans.json (default: 3d_fullres, or 2d for 2D data)")
+    _add_common(pp)
+    pp.set_defaults(func=cmd_preprocess)
+
+    t = sub.add_parser("train", help="train one fold of a configuration (resumable), then validate it")
+    _add_ws(t)
+    t.add_argument("--config", "-c", default="3d_fullres", help="configuration from plans.json (default "
+                   "3d_fullres)")
+    t.add_argument("--fold", "-f", default="0", help="0..4, 'all' (train on every case) or 'each' (0..4 in turn)")
+    t.add_argument("--epochs", type=int, help="number of epochs (default 1000 unless --budget is given)")
+    t.add_argument("--iterations-per-epoch", type=int, default=250, help="default %(default)s")
+    t.add_argument("--val-iterations", type=int, help="validation batches per epoch (default: iterations/5, "
+                   "2..50)")
+    t.add_argument("--budget", help="wall-clock training budget, e.g. 20m or 1h30m; the learning rate decays over it")
+    t.add_argument("--batch-size", type=int, help="override the plan's batch size (e.g. smaller for CPU "
+                   "training under a time budget)")
+    t.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (default %(default)s)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--threads", type=int, help="torch threads for CPU training (default: torch's choice)")
+    t.add_argument("--trainer", help="trainer from the registry (default: the plan's, 'default')")
+    t.add_argument("--workers", type=int, default=1, help="background processes making augmented batches "
+                   "(default %(default)s)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the unfinished run (default: automatic)")
+    g.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run")
+    t.add_argument("--force", action="store_true", help="discard this fold's results and train from scratch")
+    t.add_argument("--no-validation", action="store_true", help="skip the final full-volume validation")
+    t.set_defaults(func=cmd_train)
+
     d = sub.add_parser("demo", help="run the stages on the example data shipped with segpipe")
     d.add_argument("--workspace", "-w", default="demo_workspace", help="where to put the demo's artifacts")
     _add_common(d)
@@ -152,6 +227,8 @@ def setup_logging(debug: bool, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

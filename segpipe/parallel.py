@@ -1,6 +1,9 @@
 """Running per-case work in worker processes with a progress bar, failing loudly instead of hanging."""
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
@@ -8,6 +11,18 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from segpipe.errors import fail
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, ask the kernel to kill this worker when its parent dies (e.g. SIGKILL),
+    so no orphaned workers linger after an interrupted stage."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def map_cases(fn: Callable[[Any], Any], args: Sequence[Any], workers: int, desc: str) -> list:
@@ -18,7 +33,7 @@ def map_cases(fn: Callable[[Any], Any], args: Sequence[Any], workers: int, desc:
     if workers <= 1 or len(args) <= 1:
         return [fn(a) for a in tqdm(args, desc=desc, unit="case", disable=None)]
     try:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
             return list(tqdm(pool.map(fn, args, chunksize=max(1, len(args) // (workers * 8))), total=len(args),
                              desc=desc, unit="case", disable=None))
     except BrokenProcessPool:

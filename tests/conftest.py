@@ -63,3 +63,35 @@ def tree_state(root: Path) -> dict[str, str]:
         else:
             out[rel] = "dir"
     return out
+
+
+TINY_NETWORK = {"name": "plain", "n_stages": 3, "features_per_stage": [4, 8, 16],
+                "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1]}
+
+
+@pytest.fixture(scope="session")
+def tiny_ws_template(tmp_path_factory) -> Path:
+    """A workspace (6 real hippocampus cases, 3d_fullres preprocessed) whose plan uses a tiny network and
+    patch, so training runs in seconds. Copy it (``copy_ws``) before changing anything."""
+    from segpipe.cli import main
+    from segpipe.io.jsonio import read_json, write_json
+
+    root = tmp_path_factory.mktemp("tiny")
+    src = make_msd(root / "src", hippo_ids(6))
+    ws = root / "ws"
+    assert main(["onboard", str(src), "--name", "tiny", "--workspace", str(ws), "--workers", "1"]) == 0
+    assert main(["fingerprint", "-w", str(ws), "--workers", "1"]) == 0
+    assert main(["plan", "-w", str(ws)]) == 0
+    plans_path = ws / "tiny" / "plans.json"
+    plans = read_json(plans_path, kind="plans")
+    cfg = plans["configurations"]["3d_fullres"]
+    cfg.update({"patch_size": [16, 24, 16], "batch_size": 2, "network": dict(TINY_NETWORK)})
+    write_json(plans_path, plans, kind="plans")
+    assert main(["preprocess", "-w", str(ws), "--config", "3d_fullres", "--workers", "1"]) == 0
+    return ws
+
+
+def copy_ws(template: Path, dst: Path) -> Path:
+    shutil.copytree(template, dst, symlinks=True)
+    return dst

@@ -112,6 +112,8 @@ class DeepSupervisionLoss(nn.Module):
         for weight, output, target in zip(self.weights, outputs, targets):
             if weight:
                 total = total + weight * self.loss(output, target)
+            else:  # keep the head in the graph (zero gradient) so DDP sees every parameter used
+                total = total + 0.0 * output.sum()
         return total
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics per case and class, summaries, postprocessing and configuration selection."""

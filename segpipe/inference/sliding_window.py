@@ -1,0 +1,178 @@
+"""Sliding-window prediction of a whole (preprocessed) case with a patch-based network.
+
+Windows overlap by at least 50 % (``step=0.5``); each window's softmax is weighted by a Gaussian importance
+map (sigma = patch / 8) that trusts the patch centre more than its borders, accumulated, and divided by the
+accumulated weights. Optionally, predictions for all ``2^k`` mirrorings of the given axes are averaged.
+
+Cases are always ``(c, Z, Y, X)``. A 3D patch ``(pz, py, px)`` slides over all three axes; a 2D patch
+``(py, px)`` slides over ``(Y, X)`` of every slice ``z`` (windows of different slices share a batch).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """A Gaussian over ``patch_size`` (float32), 1 at the centre, sigma = ``patch * sigma_scale`` per axis.
+
+    The centre is the geometric centre ``(p - 1) / 2`` so that the map is mirror-symmetric. Values are
+    clamped from below to the smallest nonzero value so that no voxel gets zero weight.
+    """
+    patch_size = [int(p) for p in patch_size]
+    if not patch_size or min(patch_size) < 1:
+        raise ValueError(f"invalid patch size {patch_size}")
+    g = np.ones((), dtype=np.float64)
+    for p in patch_size:
+        sigma = max(p * sigma_scale, 1e-6)
+        x = np.arange(p, dtype=np.float64) - (p - 1) / 2.0
+        g = np.multiply.outer(g, np.exp(-0.5 * (x / sigma) ** 2))
+    g = (g / g.max()).astype(np.float32)
+    if not np.all(g > 0):
+        nonzero = g[g > 0]
+        g = np.maximum(g, nonzero.min() if nonzero.size else np.float32(1))
+    return g
+
+
+def window_starts(image_size: int, patch: int, step: float = 0.5) -> list[int]:
+    """Start indices of windows of size ``patch`` covering ``[0, image_size)`` with overlap >= ``1 - step``.
+
+    ``ceil((image - patch) / (patch * step)) + 1`` evenly spaced windows, the first at 0 and the last at
+    ``image - patch``. When the image is not larger than the patch there is one window at 0 (the caller pads).
+    """
+    image_size, patch = int(image_size), int(patch)
+    if patch < 1 or not 0 < step <= 1:
+        raise ValueError(f"invalid patch {patch} or step {step}")
+    if image_size <= patch:
+        return [0]
+    n = int(math.ceil((image_size - patch) / (patch * step))) + 1
+    span = image_size - patch
+    return [int(round(i * span / (n - 1))) for i in range(n)]
+
+
+def mirror_axes_for(ndim: int) -> tuple[int, ...]:
+    """All spatial axes of a ``ndim``-dimensional patch: ``(0, 1)`` for 2D, ``(0, 1, 2)`` for 3D."""
+    if ndim not in (2, 3):
+        raise ValueError(f"patches are 2D or 3D, not {ndim}D")
+    return tuple(range(ndim))
+
+
+def _mirror_combinations(mirror_axes: Sequence[int] | None, ndim: int) -> list[tuple[int, ...]]:
+    """Tensor dims (batch and channel first) to flip, one tuple per combination; ``()`` is the identity."""
+    if not mirror_axes:
+        return [()]
+    axes = sorted({int(a) for a in mirror_axes})
+    if any(a < 0 or a >= ndim for a in axes):
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} out of range for a {ndim}D patch")
+    dims = [a + 2 for a in axes]
+    return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
+
+
+def _logits(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = network(x)
+    if isinstance(out, (list, tuple)):  # deep supervision left on: full resolution comes first
+        out = out[0]
+    return out
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def predict_sliding_window(network: torch.nn.Module, data: np.ndarray | torch.Tensor, patch_size: Sequence[int],
+                           n_classes: int, mirror_axes: Sequence[int] | None = None, batch_size: int = 2,
+                           device: torch.device | str = "cpu", step: float = 0.5, use_gaussian: bool = True,
+                           amp: bool = False, progress: bool = False) -> torch.Tensor:
+    """Softmax probabilities ``(n_classes, Z, Y, X)`` (float32, CPU) of a case ``data`` ``(c, Z, Y, X)``.
+
+    ``patch_size`` has 3 entries (3D network, windows over Z, Y, X) or 2 (2D network applied to every slice
+    along Z, windows over Y, X). Axes smaller than the patch are zero-padded (centred) and the padding is
+    cropped off the result. ``mirror_axes`` are spatial axes of the patch (``(0, 1, 2)`` / ``(0, 1)``);
+    the softmax of all ``2^k`` mirrorings is averaged. ``batch_size`` windows go through the network at once.
+    """
+    device = torch.device(device)
+    patch = tuple(int(p) for p in patch_size)
+    pdim = len(patch)
+    if pdim not in (2, 3):
+        raise ValueError(f"patch size must have 2 or 3 entries, got {patch_size}")
+    x = torch.as_tensor(data)
+    if x.ndim != 4:
+        raise ValueError(f"data must be (c, Z, Y, X), got shape {tuple(x.shape)}")
+    x = x.to(device=device, dtype=torch.float32)  # no copy when already float32 on the device
+    batch_size = max(1, int(batch_size))
+    flips = _mirror_combinations(mirror_axes, pdim)
+
+    # zero-pad the axes the windows slide over up to the patch size (centred)
+    spatial = tuple(x.shape[1:])
+    slide = spatial[-pdim:]
+    pads = [max(0, p - s) for p, s in zip(patch, slide)]
+    before = [p // 2 for p in pads]
+    if any(pads):
+        pad_arg: list[int] = []
+        for b, p in zip(reversed(before), reversed(pads)):  # F.pad wants the last axis first
+            pad_arg += [b, p - b]
+        x = F.pad(x, pad_arg, mode="constant", value=0.0)
+    padded = tuple(x.shape[1:])
+    slide_p = padded[-pdim:]
+
+    starts = [window_starts(s, p, step) for s, p in zip(slide_p, patch)]
+    window_slices = [tuple(slice(s, s + p) for s, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+    if pdim == 3:
+        windows = window_slices  # index into (Z, Y, X)
+    else:
+        windows = [(z,) + sl for z in range(padded[0]) for sl in window_slices]  # index into (Z, Y, X)
+
+    weight_patch = (torch.from_numpy(gaussian_importance_map(patch)) if use_gaussian
+                    else torch.ones(patch)).to(device)
+    # the weights are the same for every slice in 2D: accumulate them over the sliding axes only
+    weights = torch.zeros(slide_p, dtype=torch.float32, device=device)
+    for sl in window_slices:
+        weights[sl] += weight_patch
+    acc = torch.zeros((n_classes,) + padded, dtype=torch.float32, device=device)
+
+    network = network.to(device)
+    network.eval()
+    autocast = (torch.autocast(device.type, enabled=True) if amp else contextlib.nullcontext())
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(windows), desc="sliding window", unit="win", leave=False)
+        except ImportError:  # pragma: no cover
+            bar = None
+    scale = 1.0 / len(flips)
+    with torch.inference_mode():
+        for chunk in _chunks(windows, batch_size):
+            batch = torch.stack([x[(slice(None),) + w] for w in chunk])  # (B, c, *patch)
+            probs = None
+            for dims in flips:
+                inp = torch.flip(batch, dims) if dims else batch
+                with autocast:
+                    logits = _logits(network, inp)
+                p = torch.softmax(logits.float(), dim=1)
+                if dims:
+                    p = torch.flip(p, dims)
+                probs = p if probs is None else probs.add_(p)
+            if probs.shape[1] != n_classes or tuple(probs.shape[2:]) != patch:
+                raise ValueError(f"network returned {tuple(probs.shape)}, expected "
+                                 f"(B, {n_classes}, {', '.join(map(str, patch))})")
+            probs.mul_(weight_patch * scale if len(flips) > 1 else weight_patch)
+            for w, p in zip(chunk, probs):
+                acc[(slice(None),) + w] += p
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+    acc /= weights  # broadcasts over classes (and slices in 2D)
+    if any(pads):
+        crop = (slice(None),) * (1 + 3 - pdim) + tuple(slice(b, b + s) for b, s in zip(before, slide))
+        acc = acc[crop].contiguous()
+    return acc.cpu() if acc.device.type != "cpu" else acc

@@ -1,0 +1,58 @@
+"""Patch sampling from preprocessed cases: random crops with padding, foreground oversampling.
+
+Arrays are channels first ``(c, Z, Y, X)``; patch sizes are spatial ``(pz, py, px)`` (3D) or ``(py, px)`` for
+2D configurations, which sample one slice (along Z) at a time. Crops reaching outside the image are padded:
+images with 0, labels with -1 (ignored by the loss).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def crop_padded(arr: np.ndarray, lower: list[int], size: list[int], pad_value: float) -> np.ndarray:
+    """Crop ``arr[:, lower:lower+size]`` over the spatial axes, padding where the box leaves the array."""
+    spatial = arr.shape[1:]
+    src, dst = [], []
+    for lo, sz, n in zip(lower, size, spatial):
+        a, b = max(lo, 0), min(lo + sz, n)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - lo, a - lo + max(0, b - a)))
+    out = np.full((arr.shape[0], *size), pad_value, dtype=arr.dtype)
+    out[(slice(None), *dst)] = arr[(slice(None), *src)]
+    return out
+
+
+def random_lower(shape, patch, rng: np.random.Generator, center=None) -> list[int]:
+    """Lower corner of a patch inside ``shape`` (allowing padding when the image is smaller than the patch).
+
+    With ``center`` the patch is centred on that voxel (clipped to the allowed range)."""
+    lower = []
+    for ax, (n, p) in enumerate(zip(shape, patch)):
+        lo_min, lo_max = (0, n - p) if n >= p else (n - p, 0)
+        if center is None:
+            lower.append(int(rng.integers(lo_min, lo_max + 1)))
+        else:
+            lower.append(int(np.clip(center[ax] - p // 2, lo_min, lo_max)))
+    return lower
+
+
+def sample_patch(data: np.ndarray, seg: np.ndarray, class_locations: dict[str, list], patch, force_fg: bool,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One patch ``(c, *patch)`` and its label ``(1, *patch)`` from a case.
+
+    ``patch`` has 3 entries for 3D configurations or 2 for 2D ones (then a slice is chosen first, one with
+    foreground when ``force_fg``). With ``force_fg`` the patch is centred on a random voxel of a random class
+    that the case contains.
+    """
+    center = None
+    if force_fg:
+        classes = [k for k, v in class_locations.items() if len(v)]
+        if classes:
+            locs = class_locations[classes[int(rng.integers(len(classes)))]]
+            center = list(locs[int(rng.integers(len(locs)))])
+    if len(patch) == 2:
+        z = center[0] if center is not None else int(rng.integers(data.shape[1]))
+        data, seg = data[:, z], seg[:, z]
+        center = center[1:] if center is not None else None
+    lower = random_lower(data.shape[1:], patch, rng, center)
+    return crop_padded(data, lower, list(patch), 0.0), crop_padded(seg, lower, list(patch), -1)
