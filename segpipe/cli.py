@@ -128,10 +128,65 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(a: argparse.Namespace) -> int:
+    from segpipe.inference.run import run_predict
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    written, desc = run_predict(ws, Path(a.input), Path(a.output), configs=a.config, folds=a.folds, best=a.best,
+                                mirror=not a.no_mirror, save_probabilities=a.save_probabilities,
+                                checkpoint=a.checkpoint, device=a.device, workers=a.workers,
+                                pixel_spacing=a.pixel_spacing)
+    print(f"{len(written)} case(s) predicted with {desc} -> {a.output}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from segpipe.evaluation.evaluate import evaluate_folders, labels_from_references
+    from segpipe.workspace import Workspace
+
+    if a.labels:
+        labels = _labels(a.labels)
+    elif a.workspace or a.name or os.environ.get("SEGPIPE_WORKSPACE"):
+        from segpipe.dataset.onboard import load_dataset
+
+        labels = load_dataset(Workspace.locate(a.workspace, a.name)).labels
+    else:
+        labels = labels_from_references(Path(a.ref))
+    out = Path(a.output) if a.output else Path(a.pred)
+    summary = evaluate_folders(Path(a.pred), Path(a.ref), labels, out, a.tolerance, a.workers,
+                               surface=not a.no_surface)
+    for name, m in summary["mean"].items():
+        print(f"{name:15s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95_mm']:.2f} mm  "
+              f"surface Dice {m['surface_dice']:.4f}  ({m['n_cases']} cases, {m['n_empty_both']} empty in both)")
+    print(f"mean foreground Dice {summary['foreground_mean_dice']:.4f} -> {out / 'summary.json'}, "
+          f"{out / 'metrics.csv'}")
+    return 0
+
+
+def cmd_select(a: argparse.Namespace) -> int:
+    from segpipe.evaluation.selection import format_selection, run_select
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    print(format_selection(run_select(ws, a.config)))
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from segpipe.pipeline import run_all
+    from segpipe.workspace import DEFAULT_WORKSPACE_ENV
+
+    root = a.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "segpipe_workspace"
+    return run_all(a.source, Path(root), name=a.name, configs=a.config, folds=a.folds, budget=a.budget,
+                   epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers,
+                   device=a.device, batch_size=a.batch_size, onboard_args=a.onboard_args)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from segpipe.demo import run_demo
 
-    return run_demo(Path(a.workspace), workers=a.workers, force=a.force)
+    return run_demo(Path(a.workspace), workers=a.workers, force=a.force, budget=a.budget, configs=a.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,8 +268,64 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-validation", action="store_true", help="skip the final full-volume validation")
     t.set_defaults(func=cmd_train)
 
+    pr = sub.add_parser("predict", help="segment new images with trained folds (ensembled), in their own geometry")
+    _add_ws(pr)
+    pr.add_argument("--input", "-i", required=True, help="folder of images (<case>_0000<ending> per channel, or "
+                    "one file per case for single-channel data)")
+    pr.add_argument("--output", "-o", required=True, help="folder for the label maps (created)")
+    pr.add_argument("--config", "-c", nargs="+", help="configuration(s); several are ensembled (default: the "
+                    "main one, 3d_fullres or 2d)")
+    pr.add_argument("--folds", "-f", nargs="+", help="folds to ensemble (default: every trained fold)")
+    pr.add_argument("--best", action="store_true", help="use `segpipe select`'s choice: configuration(s), folds "
+                    "and post-processing")
+    pr.add_argument("--checkpoint", default="final", choices=["final", "best", "latest"])
+    pr.add_argument("--no-mirror", action="store_true", help="no mirroring test-time augmentation (faster)")
+    pr.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with softmax maps")
+    pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: pixel size (mm)")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--workers", type=int, default=_default_workers(), help="processes preprocessing and "
+                    "exporting cases while the network predicts (default %(default)s)")
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="metrics of predicted label maps against references")
+    ev.add_argument("--pred", required=True, help="folder of predicted label maps")
+    ev.add_argument("--ref", required=True, help="folder of reference label maps (same file names)")
+    ev.add_argument("--output", help="where summary.json and metrics.csv go (default: the --pred folder)")
+    ev.add_argument("--labels", nargs="+", metavar="NAME=VALUE", help="classes (default: the workspace dataset's, "
+                    "else the values found)")
+    _add_ws(ev)
+    ev.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    ev.add_argument("--no-surface", action="store_true", help="skip HD95 and surface Dice (faster)")
+    ev.add_argument("--workers", type=int, default=_default_workers())
+    ev.set_defaults(func=cmd_evaluate)
+
+    se = sub.add_parser("select", help="pick the best configuration/ensemble and post-processing from "
+                        "cross-validation")
+    _add_ws(se)
+    se.add_argument("--config", "-c", nargs="+", help="configurations to consider (default: all planned)")
+    se.set_defaults(func=cmd_select)
+
+    ru = sub.add_parser("run", help="the whole chain: onboard, fingerprint, plan, preprocess, train every fold, "
+                        "select")
+    ru.add_argument("source", help="the folder holding the data")
+    ru.add_argument("--name", "-n", required=True)
+    ru.add_argument("--workspace", "-w")
+    ru.add_argument("--config", "-c", nargs="+", help="configurations to train (default: all planned)")
+    ru.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ru.add_argument("--budget", help="training budget per fold, e.g. 20m")
+    ru.add_argument("--epochs", type=int)
+    ru.add_argument("--iterations-per-epoch", type=int, default=250)
+    ru.add_argument("--batch-size", type=int, help="override the plans' batch sizes for training")
+    ru.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ru.add_argument("--workers", type=int, default=_default_workers())
+    ru.add_argument("--onboard-args", nargs=argparse.REMAINDER, default=[],
+                    help="remaining arguments are passed to `segpipe onboard` (e.g. --labels ...)")
+    ru.set_defaults(func=cmd_run)
+
     d = sub.add_parser("demo", help="run the stages on the example data shipped with segpipe")
     d.add_argument("--workspace", "-w", default="demo_workspace", help="where to put the demo's artifacts")
+    d.add_argument("--budget", default="2m", help="training budget per fold (default %(default)s)")
+    d.add_argument("--config", "-c", nargs="+", help="configurations to train (default: 2d)")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
     return p

@@ -46,7 +46,7 @@ def validate_fold(network: torch.nn.Module, config: dict, spec: DatasetSpec, raw
                                        mirror_axes=mirror_axes_for(len(patch)) if mirror else None,
                                        batch_size=max(1, int(config["batch_size"])), device=device,
                                        amp=device.type == "cuda")
-        pred = export_label_map(probs, props, out_dir / f"{cid}{spec.file_ending}")
+        pred = export_label_map(probs, props, out_dir / f"{cid}{spec.file_ending}", save_probabilities=True)
         ref, geo = read_label(spec, raw_root, spec.case(cid))
         vox = float(np.prod(geo.spacing))
         per_case[cid] = {name: overlap_metrics(pred, np.rint(ref).astype(np.int16), value, vox)
