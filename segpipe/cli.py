@@ -331,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_error_advice(e: OSError) -> tuple[str, str]:
+    """A user-facing description and fix for operating-system errors while reading or writing artifacts."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("no space left on the device (nothing partial was kept: artifacts are written to a temporary "
+                "file and renamed)", "free disk space or choose another --workspace, then re-run the command")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write here ({e.strerror})", "make the workspace writable or choose another --workspace")
+    return (f"{e.strerror or e}", "check the path and permissions, then re-run the command")
+
+
 def setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -352,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             log.exception("stopped")
         print(f"segpipe {args.stage}: {e.format()}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.debug:
+            raise
+        problem, fix = _os_error_advice(e)
+        print(f"segpipe {args.stage}: [error] file {e.filename or '?'}: {problem}\n    fix: {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"segpipe {args.stage}: interrupted; re-run the same command to continue", file=sys.stderr)

@@ -89,6 +89,10 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
             n_bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             P.append(Problem(f"{n_bad} NaN/Inf intensity value(s)", "replace them (e.g. by 0) or remove the case",
                              str(path), case.id))
+        elif arr.size and np.all(arr == arr.flat[0]):
+            P.append(Problem(f"image is constant (every voxel is {float(arr.flat[0]):g}): nothing to segment",
+                             "re-export the image (it is probably empty or broken) or remove the case",
+                             str(path), case.id))
         if case.spacing is not None:
             geo = geo.with_spacing(tuple(case.spacing))
         if img_geo is None:

@@ -150,6 +150,10 @@ def _check_nifti_complete(path: Path) -> None:
             if dtype is not None and pending and len(pending) >= dtype.itemsize:
                 vals = np.frombuffer(pending[: len(pending) - len(pending) % dtype.itemsize], dtype=dtype)
                 nonfinite += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+    except gzip.BadGzipFile:
+        raise fail("cannot read image: the file is not gzip-compressed, so it is not the format its ending says "
+                   f"({''.join(path.suffixes)})", "give it the ending of its real format, or convert it",
+                   file=path) from None
     except (EOFError, OSError, zlib.error) as e:
         raise fail(f"cannot read image: truncated or corrupt compressed file ({e})",
                    "replace it with an intact copy", file=path) from None

@@ -57,6 +57,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         raise fail(f"unknown configuration '{config}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
                    f"use one of: {', '.join(plans['configurations'])}", file=ws.plans_json)
     cfg = plans["configurations"][config]
+    trainer_cls = get_trainer(trainer or cfg.get("trainer", "default"))
     pre = ws.preprocessed(config)
     from segpipe.preprocessing.run import list_cases
 
@@ -75,8 +76,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "validation", ignore_errors=True)
     dist.barrier()
-    name = trainer or cfg.get("trainer", "default")
-    t = get_trainer(name)(cfg, spec.n_channels, spec.n_classes, pre, train_ids, val_ids, out, settings, config)
+    t = trainer_cls(cfg, spec.n_channels, spec.n_classes, pre, train_ids, val_ids, out, settings, config)
     if final.is_file() and not force:
         log.info("fold %s of %s is already trained (%s); use --force to train again", fold, config, final)
         t.load(final)
