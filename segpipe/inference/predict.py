@@ -135,7 +135,6 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     if pixel_spacing is not None:
         for c in cases:
             c.spacing = [pixel_spacing, pixel_spacing]
-    output_dir.mkdir(parents=True, exist_ok=True)
     configs = [(m.config_name, m.config) for m in models]
     written: list[str] = []
     ending = file_ending(cases[0].images[0]) or spec.file_ending

@@ -259,7 +259,7 @@ def incompatible_checkpoint(tmp, tiny):
     img.mkdir()
     shutil.copy(HIPPO / "imagesTr" / f"{hippo_ids(8)[7]}.nii.gz", img)
     return (["predict", "-w", str(ws), "-i", str(img), "-o", str(tmp / "out"), "--workers", "1"],
-            ["checkpoint_final.pt", "different network"], ws)
+            ["checkpoint_final.pt", "different network"], tmp)
 
 
 def prediction_channel_mismatch(tmp, tiny):
@@ -272,7 +272,7 @@ def prediction_channel_mismatch(tmp, tiny):
     for ch in ("0000", "0001", "0002"):
         shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", img / f"{cid}_{ch}.nii.gz")
     return (["predict", "-w", str(ws), "-i", str(img), "-o", str(tmp / "out"), "--workers", "1"],
-            [cid, "channel"], ws)
+            [cid, "channel"], tmp)
 
 
 def corrupt_workspace_json(tmp, tiny):
