@@ -27,6 +27,22 @@ def confusion(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, 
     return tp, fp, fn, int(p.size) - tp - fp - fn
 
 
+def mean_dice_per_class(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> dict[str, float]:
+    """Mean Dice over (prediction, reference) pairs for each foreground class; cases where the class is absent
+    from both are left out (NaN when that is every case)."""
+    out = {}
+    for name, v in labels.items():
+        if v == 0:
+            continue
+        vals = []
+        for pred, ref in pairs:
+            tp, fp, fn, _ = confusion(pred, ref, v)
+            if tp + fp + fn:
+                vals.append(2 * tp / (2 * tp + fp + fn))
+        out[name] = float(np.mean(vals)) if vals else NAN
+    return out
+
+
 def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: int, voxel_volume_mm3: float = 1.0) -> dict:
     """Dice, IoU, precision, recall and volumes (mm^3) of one class."""
     tp, fp, fn, _ = confusion(pred, ref, label)

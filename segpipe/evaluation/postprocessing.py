@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import generate_binary_structure, label as cc_label
 
+from segpipe.evaluation.metrics import mean_dice_per_class
+
 MIN_IMPROVEMENT = 1e-4  # a step is kept only if mean Dice improves by more than this
 
 
@@ -45,32 +47,17 @@ def apply_postprocessing(seg: np.ndarray, choice: dict, labels: dict[str, int]) 
     return seg
 
 
-def _dices(pairs, labels: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, v in labels.items():
-        if v == 0:
-            continue
-        vals = []
-        for pred, ref in pairs:
-            p, r = pred == v, ref == v
-            denom = int(p.sum()) + int(r.sum())
-            if denom:
-                vals.append(2 * int((p & r).sum()) / denom)
-        out[name] = float(np.mean(vals)) if vals else float("nan")
-    return out
-
-
 def choose_postprocessing(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> dict:
     """Decide, from (prediction, reference) pairs of cross-validation, which post-processing helps.
 
     First the whole foreground: kept if the mean foreground Dice improves. Then, on top of that, each class:
     kept if that class' Dice improves. Returns the choice plus the Dice before and after.
     """
-    base = _dices(pairs, labels)
+    base = mean_dice_per_class(pairs, labels)
     mean = lambda d: float(np.nanmean(list(d.values()))) if d else float("nan")  # noqa: E731
     choice: dict = {"foreground": False, "classes": []}
     fg_pairs = [(keep_largest_foreground(p), r) for p, r in pairs]
-    fg = _dices(fg_pairs, labels)
+    fg = mean_dice_per_class(fg_pairs, labels)
     current_pairs, current = pairs, base
     if len([v for v in labels.values() if v > 0]) > 1 and mean(fg) > mean(base) + MIN_IMPROVEMENT:
         choice["foreground"] = True
@@ -79,7 +66,7 @@ def choose_postprocessing(pairs: list[tuple[np.ndarray, np.ndarray]], labels: di
         if v == 0:
             continue
         trial_pairs = [(keep_largest_of_class(p, v), r) for p, r in current_pairs]
-        trial = _dices(trial_pairs, labels)
+        trial = mean_dice_per_class(trial_pairs, labels)
         if trial[name] > current[name] + MIN_IMPROVEMENT:
             choice["classes"].append(name)
             current_pairs, current = trial_pairs, trial

@@ -15,6 +15,7 @@ import numpy as np
 from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_label
 from segpipe.errors import fail
+from segpipe.evaluation.metrics import mean_dice_per_class
 from segpipe.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
 from segpipe.inference.export import probabilities_path
 from segpipe.io.images import read_image
@@ -44,17 +45,7 @@ def _cv_files(ws: Workspace, config: str, n_folds: int, ending: str) -> dict[str
 
 
 def _dice_table(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> dict:
-    per_class = {}
-    for name, v in labels.items():
-        if v == 0:
-            continue
-        vals = []
-        for pred, ref in pairs:
-            p, r = pred == v, ref == v
-            denom = int(p.sum()) + int(r.sum())
-            if denom:
-                vals.append(2 * int((p & r).sum()) / denom)
-        per_class[name] = float(np.mean(vals)) if vals else float("nan")
+    per_class = mean_dice_per_class(pairs, labels)
     return {"dice": per_class, "foreground_mean_dice": float(np.nanmean(list(per_class.values())))}
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import fail

@@ -1,7 +1,6 @@
 """predict / evaluate / select from the command line on held-out real cases, with a tiny trained model."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

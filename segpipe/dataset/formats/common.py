@@ -75,5 +75,22 @@ def read_spacing_csv(path: Path) -> dict[str, float]:
     return out
 
 
-def undeclared_labels_problem(source: Path) -> Problem:
-    return Problem("labels are not declared", "pass --labels background=0 NAME=1 ... ", str(source))
+def load_user_json(path: Path, fields: tuple[tuple[str, type], ...], layout: str) -> tuple[dict, list[Problem]]:
+    """Read a user's dataset.json and check that ``fields`` exist with the right types (all problems at once)."""
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise fail(f"dataset.json is not valid JSON ({e})", "fix its syntax", file=path) from None
+    if not isinstance(d, dict):
+        raise fail("dataset.json must hold a JSON object", f"write it as in the {layout} format", file=path)
+    problems = []
+    for key, typ in fields:
+        if key not in d:
+            problems.append(Problem(f"dataset.json has no '{key}' field", f"add '{key}' as in the {layout} format",
+                                    str(path)))
+        elif not isinstance(d[key], typ):
+            problems.append(Problem(f"dataset.json field '{key}' should be a {typ.__name__}, found "
+                                    f"{type(d[key]).__name__}", "fix the field's type", str(path)))
+    return d, problems

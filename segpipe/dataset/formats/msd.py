@@ -7,12 +7,12 @@ labels come from ``--labels`` or from the label maps themselves.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from segpipe.dataset.formats.common import OnboardOptions, channels_from, strip_ending, visible_files
+from segpipe.dataset.formats.common import (OnboardOptions, channels_from, load_user_json, strip_ending,
+                                            visible_files)
 from segpipe.dataset.model import CaseEntry, DatasetSpec
-from segpipe.errors import Problem, fail
+from segpipe.errors import Problem
 from segpipe.io.images import file_ending
 
 
@@ -30,17 +30,7 @@ def discover_msd(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, li
     labels: dict[str, int] = dict(options.labels)
     cases: list[CaseEntry] = []
     if dj_path.is_file():
-        try:
-            dj = json.loads(dj_path.read_text())
-        except ValueError as e:
-            raise fail(f"dataset.json is not valid JSON ({e})", "fix its syntax", file=dj_path) from None
-        for key, typ in (("modality", dict), ("labels", dict), ("training", list)):
-            if key not in dj:
-                problems.append(Problem(f"dataset.json has no '{key}' field", f"add '{key}' as in the MSD format",
-                                        str(dj_path)))
-            elif not isinstance(dj[key], typ):
-                problems.append(Problem(f"dataset.json field '{key}' should be a {typ.__name__}, found "
-                                        f"{type(dj[key]).__name__}", "fix the field's type", str(dj_path)))
+        dj, problems = load_user_json(dj_path, (("modality", dict), ("labels", dict), ("training", list)), "MSD")
         if problems:
             return _empty(source, options), problems
         declared_channels = {str(k): str(v) for k, v in dj["modality"].items()}

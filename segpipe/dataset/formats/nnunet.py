@@ -2,32 +2,21 @@
 ``imagesTr/<case>_<XXXX><ending>`` (one file per channel) and ``labelsTr/<case><ending>``."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from segpipe.dataset.formats.common import OnboardOptions, channels_from, visible_files
+from segpipe.dataset.formats.common import OnboardOptions, channels_from, load_user_json, visible_files
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.errors import Problem, fail
 
 
 def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, list[Problem]]:
-    problems: list[Problem] = []
     dj_path = source / "dataset.json"
     if not dj_path.is_file():
         raise fail("nnU-Net raw folder without dataset.json", "add dataset.json (channel_names, labels, "
                    "file_ending) or use --format msd/flat", file=dj_path)
-    try:
-        dj = json.loads(dj_path.read_text())
-    except ValueError as e:
-        raise fail(f"dataset.json is not valid JSON ({e})", "fix its syntax", file=dj_path) from None
-    for key, typ in (("channel_names", dict), ("labels", dict), ("file_ending", str)):
-        if key not in dj:
-            problems.append(Problem(f"dataset.json has no '{key}' field", f"add '{key}' (nnU-Net v2 format)",
-                                    str(dj_path)))
-        elif not isinstance(dj[key], typ):
-            problems.append(Problem(f"dataset.json field '{key}' should be a {typ.__name__}, found "
-                                    f"{type(dj[key]).__name__}", "fix the field's type", str(dj_path)))
+    dj, problems = load_user_json(dj_path, (("channel_names", dict), ("labels", dict), ("file_ending", str)),
+                                  "nnU-Net v2")
     if problems:
         return DatasetSpec(options.name, str(source), "nnunet", {}, {}, ".nii.gz", []), problems
     labels = dict(options.labels)
