@@ -112,7 +112,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch,
                              val_iterations=a.val_iterations,
                              budget_s=parse_duration(a.budget) if a.budget else None, lr=a.lr, seed=a.seed,
-                             workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size)
+                             workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size,
+                             precision=a.precision)
     folds = [str(k) for k in range(5)] if a.fold == "each" else [a.fold]
     for fold in folds:
         res = run_train(ws, a.config, fold, settings, trainer=a.trainer,
@@ -136,7 +137,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     written, desc = run_predict(ws, Path(a.input), Path(a.output), configs=a.config, folds=a.folds, best=a.best,
                                 mirror=not a.no_mirror, save_probabilities=a.save_probabilities,
                                 checkpoint=a.checkpoint, device=a.device, workers=a.workers,
-                                pixel_spacing=a.pixel_spacing)
+                                pixel_spacing=a.pixel_spacing, precision=a.precision)
     print(f"{len(written)} case(s) predicted with {desc} -> {a.output}")
     return 0
 
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (default %(default)s)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: fp16 mixed precision on CUDA, fp32 on CPU; bf16 is ~1.6x faster on CPUs with "
+                   "avx512_bf16/amx")
     t.add_argument("--threads", type=int, help="torch threads for CPU training (default: torch's choice)")
     t.add_argument("--trainer", help="trainer from the registry (default: the plan's, 'default')")
     t.add_argument("--workers", type=int, default=1, help="background processes making augmented batches "
@@ -283,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with softmax maps")
     pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: pixel size (mm)")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="auto: fp16 on CUDA, fp32 on CPU; bf16 is faster on CPUs with avx512_bf16/amx")
     pr.add_argument("--workers", type=int, default=_default_workers(), help="processes preprocessing and "
                     "exporting cases while the network predicts (default %(default)s)")
     pr.set_defaults(func=cmd_predict)

@@ -124,7 +124,8 @@ def _export(args) -> str:
 
 def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, output_dir: Path, device: torch.device,
                    mirror: bool = True, save_probabilities: bool = False, postprocess: dict | None = None,
-                   workers: int = 1, batch_size: int | None = None, pixel_spacing: float | None = None) -> list[str]:
+                   workers: int = 1, batch_size: int | None = None, pixel_spacing: float | None = None,
+                   amp_dtype: torch.dtype | None = None) -> list[str]:
     """Predict every case of ``input_dir`` into ``output_dir`` (never into ``input_dir``)."""
     input_dir, output_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
     if output_dir == input_dir:
@@ -163,7 +164,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                 for net in model.networks:
                     p = predict_sliding_window(net, pdata, cfg["patch_size"], len(spec.labels), mirror_axes,
                                                batch_size=batch_size or max(1, int(cfg["batch_size"])),
-                                               device=device, amp=device.type == "cuda")
+                                               device=device, amp=amp_dtype is not None, amp_dtype=amp_dtype)
                     probs = p if probs is None else probs + p
                 probs = probs / len(model.networks)
                 originals.append(probabilities_to_original(probs, props))

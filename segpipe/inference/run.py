@@ -8,7 +8,7 @@ from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import fail
 from segpipe.inference.predict import load_model, predict_folder
 from segpipe.io.jsonio import read_json
-from segpipe.training.trainer import pick_device
+from segpipe.devices import autocast_dtype, pick_device
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,8 @@ def trained_folds(ws: Workspace, config: str, checkpoint: str = "final") -> list
 def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[str] | None = None,
                 folds: list[str] | None = None, best: bool = False, mirror: bool = True,
                 save_probabilities: bool = False, checkpoint: str = "final", device: str = "auto",
-                workers: int = 1, pixel_spacing: float | None = None) -> tuple[list[str], str]:
+                workers: int = 1, pixel_spacing: float | None = None,
+                precision: str = "auto") -> tuple[list[str], str]:
     spec = load_dataset(ws)
     plans = read_json(ws.plans_json, kind="plans")
     postprocess = None
@@ -54,5 +55,5 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
         desc += f", post-processing {postprocess}"
     written = predict_folder(spec, models, input_dir, output_dir, dev, mirror=mirror,
                              save_probabilities=save_probabilities, postprocess=postprocess, workers=workers,
-                             pixel_spacing=pixel_spacing)
+                             pixel_spacing=pixel_spacing, amp_dtype=autocast_dtype(dev, precision))
     return written, desc

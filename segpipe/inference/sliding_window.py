@@ -89,7 +89,8 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 def predict_sliding_window(network: torch.nn.Module, data: np.ndarray | torch.Tensor, patch_size: Sequence[int],
                            n_classes: int, mirror_axes: Sequence[int] | None = None, batch_size: int = 2,
                            device: torch.device | str = "cpu", step: float = 0.5, use_gaussian: bool = True,
-                           amp: bool = False, progress: bool = False) -> torch.Tensor:
+                           amp: bool = False, progress: bool = False,
+                           amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Softmax probabilities ``(n_classes, Z, Y, X)`` (float32, CPU) of a case ``data`` ``(c, Z, Y, X)``.
 
     ``patch_size`` has 3 entries (3D network, windows over Z, Y, X) or 2 (2D network applied to every slice
@@ -139,7 +140,7 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray | torch.Te
 
     network = network.to(device)
     network.eval()
-    autocast = (torch.autocast(device.type, enabled=True) if amp else contextlib.nullcontext())
+    autocast = (torch.autocast(device.type, dtype=amp_dtype, enabled=True) if amp else contextlib.nullcontext())
     bar = None
     if progress:
         try:

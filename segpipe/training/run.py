@@ -96,7 +96,8 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         if vsum.is_file() and final.is_file() and vsum.stat().st_mtime >= final.stat().st_mtime and not force:
             summary = read_json(vsum, kind="validation_summary")
         else:
-            summary = validate_fold(t.network, cfg, spec, ws.raw, pre, val_ids, out / "validation", t.device)
+            summary = validate_fold(t.network, cfg, spec, ws.raw, pre, val_ids, out / "validation", t.device,
+                                    amp_dtype=t.amp_dtype)
     dist.barrier()
     dist.cleanup()
     return {"state": t.state, "validation": summary, "out": str(out)}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import fail
 from segpipe.networks import build_network
 from segpipe.training import distributed as dist
@@ -51,6 +52,7 @@ class TrainSettings:
     augment: bool = True
     threads: int | None = None
     batch_size: int | None = None
+    precision: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def resolved_epochs(self) -> int | None:
@@ -62,17 +64,6 @@ class TrainSettings:
         if self.val_iterations is not None:
             return self.val_iterations
         return int(min(50, max(2, self.iterations_per_epoch // 5)))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise fail("--device cuda, but no CUDA GPU is visible to torch", "use --device cpu or auto, or install a "
-                   "CUDA build of torch")
-    if name not in ("cpu", "cuda"):
-        raise fail(f"unknown device '{name}'", "use auto, cpu or cuda")
-    return torch.device(name)
 
 
 TRAINERS: dict[str, type["Trainer"]] = {}
@@ -120,8 +111,9 @@ class Trainer:
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.lr, momentum=settings.momentum,
                                          nesterov=True, weight_decay=settings.weight_decay)
-        self.amp = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = autocast_dtype(self.device, settings.precision)
+        self.amp = self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         n_out = config["network"]["n_stages"] - 1
         self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=bool(config.get("batch_dice", False))),
                                         deep_supervision_weights(n_out))
@@ -167,7 +159,7 @@ class Trainer:
         target = torch.as_tensor(batch["seg"]).to(self.device, non_blocking=True)
         targets = downsample_targets(target, self.strides)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             out = self.model(data)
             loss = self.loss(out, targets)
         self.scaler.scale(loss).backward()
@@ -190,7 +182,7 @@ class Trainer:
                                stream=1 + 2 * self.rank)
                 data = torch.from_numpy(b["data"]).to(self.device)
                 target = torch.from_numpy(b["seg"]).to(self.device)
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.network(data)
                     losses.append(float(self.loss(out, downsample_targets(target, self.strides)).item()))
                 pred = out[0].argmax(1) if isinstance(out, (list, tuple)) else out.argmax(1)

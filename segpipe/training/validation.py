@@ -32,7 +32,8 @@ def summarize_cases(per_case: dict[str, dict[str, dict]], labels: dict[str, int]
 
 
 def validate_fold(network: torch.nn.Module, config: dict, spec: DatasetSpec, raw_root: Path, preprocessed: Path,
-                  val_ids: list[str], out_dir: Path, device: torch.device, mirror: bool = True) -> dict:
+                  val_ids: list[str], out_dir: Path, device: torch.device, mirror: bool = True,
+                  amp_dtype: torch.dtype | None = None) -> dict:
     """Predict, export and score each validation case; writes ``out_dir/summary.json`` and returns it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     network.deep_supervision = False
@@ -45,7 +46,7 @@ def validate_fold(network: torch.nn.Module, config: dict, spec: DatasetSpec, raw
         probs = predict_sliding_window(network, data, patch, spec.n_classes,
                                        mirror_axes=mirror_axes_for(len(patch)) if mirror else None,
                                        batch_size=max(1, int(config["batch_size"])), device=device,
-                                       amp=device.type == "cuda")
+                                       amp=amp_dtype is not None, amp_dtype=amp_dtype)
         pred = export_label_map(probs, props, out_dir / f"{cid}{spec.file_ending}", save_probabilities=True)
         ref, geo = read_label(spec, raw_root, spec.case(cid))
         vox = float(np.prod(geo.spacing))
