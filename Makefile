@@ -21,6 +21,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/segpipe demo --workspace demo_workspace
 
+# side-by-side benchmark against nnU-Net v2 (about an hour on 2 CPU cores); options: make bench BENCH_ARGS="--help"
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run_benchmark.py $(BENCH_ARGS)
+
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
