@@ -576,6 +576,11 @@ def report(res: dict, a) -> tuple[str, str]:
         "[--disable_tta] -device cpu -npp 1 -nps 1`. 'Equal Dice' = segpipe's foreground mean Dice at least "
         "nnU-Net's minus 0.01 in the accuracy phase.",
         "- The machine may have been shared with other jobs during the run (see the load averages); timings are noisy.",
+        "- **Read the Dice rows with care**: on 2 CPU cores nnU-Net's default recipe (batch 9, 250 iterations per "
+        "epoch, learning rate decaying over 1000 epochs) gets through only a few dozen iterations in a short budget, "
+        "so its model may still predict background only (Dice 0). That is what a CPU user of nnU-Net gets for that "
+        "time, but it is no comparison of what either tool reaches with a long budget; the 'equal Dice' condition of "
+        "the inference target is then met trivially. Use `--train-minutes 60` or more for an accuracy comparison.",
         "",
         "## Commands (first repeat shown; nnU-Net commands ran with nnUNet_raw / nnUNet_preprocessed / "
         "nnUNet_results pointing under `benchmarks/work/nnunet/`)",
