@@ -37,6 +37,13 @@ def _add_ws(p: argparse.ArgumentParser, name_required: bool = False) -> None:
                    help="dataset name in the workspace (default: the workspace's only dataset)")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: fp16 mixed precision on CUDA, fp32 on CPU; bf16 is ~1.6x faster on CPUs with "
+                   "avx512_bf16/amx")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="re-run even when the inputs did not change")
     p.add_argument("--workers", type=int, default=_default_workers(), help="worker processes (default: %(default)s)")
@@ -257,10 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "training under a time budget)")
     t.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (default %(default)s)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: fp16 mixed precision on CUDA, fp32 on CPU; bf16 is ~1.6x faster on CPUs with "
-                   "avx512_bf16/amx")
+    _add_device(t)
     t.add_argument("--threads", type=int, help="torch threads for CPU training (default: torch's choice)")
     t.add_argument("--trainer", help="trainer from the registry (default: the plan's, 'default')")
     t.add_argument("--workers", type=int, default=1, help="background processes making augmented batches "
@@ -286,9 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-mirror", action="store_true", help="no mirroring test-time augmentation (faster)")
     pr.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with softmax maps")
     pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: pixel size (mm)")
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                    help="auto: fp16 on CUDA, fp32 on CPU; bf16 is faster on CPUs with avx512_bf16/amx")
+    _add_device(pr)
     pr.add_argument("--workers", type=int, default=_default_workers(), help="processes preprocessing and "
                     "exporting cases while the network predicts (default %(default)s)")
     pr.set_defaults(func=cmd_predict)

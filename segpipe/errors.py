@@ -49,6 +49,15 @@ class SegpipeError(Exception):
         return "\n".join(line for line in lines if line)
 
 
+def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``name`` (case-insensitive), or ''."""
+    import difflib
+
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=cutoff)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+
+
 def fail(problem: str, fix: str, file: str | None = None, case: str | None = None) -> SegpipeError:
     """Build a single-problem :class:`SegpipeError` (``raise fail(...)``)."""
     return SegpipeError(Problem(problem=problem, fix=fix, file=None if file is None else str(file), case=case))

@@ -49,8 +49,10 @@ def up_to_date(ws: Workspace, stage: str, inputs: dict[str, str], settings: dict
         return False
     if rec.get("inputs") != inputs or rec.get("settings") != _norm(settings):
         return False
-    return all(Path(o).exists() and rec.get("outputs", {}).get(str(o)) == content_hash(o)
-               for o in outputs if Path(o).is_file()) and all(Path(o).exists() for o in outputs)
+    if not all(Path(o).exists() for o in outputs):
+        return False
+    recorded = rec.get("outputs", {})
+    return all(recorded.get(str(o)) == content_hash(o) for o in outputs if Path(o).is_file())
 
 
 def write_record(ws: Workspace, stage: str, inputs: dict[str, str], settings: dict, outputs: list[Path]) -> None:

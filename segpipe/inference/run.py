@@ -8,6 +8,7 @@ from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import fail
 from segpipe.inference.predict import load_model, predict_folder
 from segpipe.io.jsonio import read_json
+from segpipe.planning.run import get_configuration
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.workspace import Workspace
 
@@ -40,14 +41,12 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
     dev = pick_device(device)
     models = []
     for c in configs:
-        if c not in plans["configurations"]:
-            raise fail(f"unknown configuration '{c}'", f"use one of: {', '.join(plans['configurations'])}",
-                       file=ws.plans_json)
+        cfg = get_configuration(plans, c, ws.plans_json)
         fs = [str(f) for f in folds] if folds else trained_folds(ws, c, checkpoint)
         if not fs:
             raise fail(f"no trained fold of {c}", f"run `segpipe train --config {c} --fold 0` (or --fold each)",
                        file=ws.dir / "results" / c)
-        models.append(load_model(ws.dir / "results", c, plans["configurations"][c], fs, spec.n_channels,
+        models.append(load_model(ws.dir / "results", c, cfg, fs, spec.n_channels,
                                  spec.n_classes, dev, checkpoint))
     desc = " + ".join(f"{m.config_name} (folds {', '.join(str(f) for f in (folds or trained_folds(ws, m.config_name, checkpoint)))})"
                       for m in models)

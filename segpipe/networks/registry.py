@@ -10,14 +10,13 @@ the registered builder turns it into a :class:`torch.nn.Module`. Builders are re
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
 
-from segpipe.errors import fail
+from segpipe.errors import did_you_mean, fail
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +125,7 @@ def resolve_network_name(name: str) -> str:
     if name in NETWORKS:
         return name
     known = sorted(NETWORKS)
-    by_lower = {k.lower(): k for k in known}
-    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.5)
-    hint = f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
-    raise fail(f"unknown network '{name}'{hint}", f"use one of: {', '.join(known)}")
+    raise fail(f"unknown network '{name}'{did_you_mean(name, known, cutoff=0.5)}", f"use one of: {', '.join(known)}")
 
 
 def build_network(network_plan: dict[str, Any], in_channels: int, n_classes: int,

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from segpipe.dataset.onboard import load_dataset
+from segpipe.errors import did_you_mean, fail
 from segpipe.io.jsonio import read_json, write_json
 from segpipe.planning import constants as C
 from segpipe.planning.planner import plan_dataset
@@ -32,6 +34,15 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None
     write_json(ws.plans_json, plans, kind="plans")
     write_record(ws, "plan", inputs, settings, [ws.plans_json])
     return plans, False
+
+
+def get_configuration(plans: dict, config: str, plans_file: Path) -> dict:
+    """The plan entry of ``config``; an unknown name is a user error with a did-you-mean hint."""
+    configs = plans.get("configurations", {})
+    if config not in configs:
+        raise fail(f"unknown configuration '{config}'{did_you_mean(config, configs)}; this plan has "
+                   f"{list(configs)}", f"choose one of {list(configs)} with --config", file=plans_file)
+    return configs[config]
 
 
 def summarize(plans: dict, explain: bool = False) -> str:

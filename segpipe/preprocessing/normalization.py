@@ -6,12 +6,11 @@ Schemes are looked up by name in :data:`NORMALIZERS`; add one with ``@register("
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import numpy as np
 
-from segpipe.errors import fail
+from segpipe.errors import did_you_mean, fail
 
 STD_FLOOR = 1e-8
 
@@ -62,11 +61,8 @@ def get_normalizer(name: str) -> Normalizer:
     try:
         return NORMALIZERS[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(NORMALIZERS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise fail(f"unknown normalization scheme '{name}'",
-                   f"{hint}use one of {sorted(NORMALIZERS)} in plans.json (or re-run `segpipe plan --force`)",
-                   ) from None
+        raise fail(f"unknown normalization scheme '{name}'{did_you_mean(name, NORMALIZERS)}",
+                   f"use one of {sorted(NORMALIZERS)} in plans.json (or re-run `segpipe plan --force`)") from None
 
 
 def normalize(data: np.ndarray, schemes: list[dict], nonzero_mask: np.ndarray) -> np.ndarray:

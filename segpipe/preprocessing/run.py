@@ -9,7 +9,6 @@ complete; a run whose record matches and whose cases are all complete is skipped
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import zlib
@@ -23,6 +22,7 @@ from segpipe.dataset.reading import read_channels, read_label
 from segpipe.errors import fail
 from segpipe.io.atomic import TMP_PREFIX, atomic_path, atomic_write_text, remove_stale_temporaries
 from segpipe.io.jsonio import SCHEMA_VERSION, read_json, write_json
+from segpipe.planning.run import get_configuration
 from segpipe.parallel import map_cases
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.records import _norm, input_state, up_to_date, write_record
@@ -154,13 +154,7 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
     """Preprocess ``ws``'s dataset for ``config``. Returns (number of cases written now, skipped)."""
     spec = load_dataset(ws)
     plans = read_json(ws.plans_json, kind="plans")
-    configs = plans.get("configurations", {})
-    if config not in configs:
-        close = difflib.get_close_matches(config, list(configs), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise fail(f"unknown configuration '{config}'; this plan has {list(configs)}",
-                   f"{hint}choose one of {list(configs)} with --config", file=ws.plans_json)
-    cfg = configs[config]
+    cfg = get_configuration(plans, config, ws.plans_json)
     out = ws.preprocessed(config)
     stage = stage_name(config)
     raw_files = [ws.raw / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]

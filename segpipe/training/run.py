@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import fail
 from segpipe.io.jsonio import read_json, write_json
+from segpipe.planning.run import get_configuration
 from segpipe.training import distributed as dist
 from segpipe.training.splits import DEFAULT_FOLDS, make_splits
 from segpipe.training.trainer import TrainSettings, get_trainer
@@ -28,7 +30,7 @@ def load_splits(ws: Workspace, case_ids: list[str], n_folds: int = DEFAULT_FOLDS
                        file=ws.splits_json)
         return splits
     splits = make_splits(case_ids, n_folds)
-    if dist.world_size() <= 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+    if dist.world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
         write_json(ws.splits_json, {"folds": splits}, kind="splits")
     return splits
 
@@ -49,13 +51,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     """Train (or resume) a fold. ``resume=None`` resumes automatically when an unfinished run exists."""
     spec = load_dataset(ws)
     plans = read_json(ws.plans_json, kind="plans")
-    if config not in plans["configurations"]:
-        import difflib
-
-        close = difflib.get_close_matches(config, plans["configurations"], n=1)
-        raise fail(f"unknown configuration '{config}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-                   f"use one of: {', '.join(plans['configurations'])}", file=ws.plans_json)
-    cfg = plans["configurations"][config]
+    cfg = get_configuration(plans, config, ws.plans_json)
     trainer_cls = get_trainer(trainer or cfg.get("trainer", "default"))
     pre = ws.preprocessed(config)
     from segpipe.preprocessing.run import list_cases
@@ -69,7 +65,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     out = ws.results(config, fold)
     final = out / "checkpoint_final.pt"
     latest = out / "checkpoint_latest.pt"
-    is_main = int(__import__("os").environ.get("RANK", "0")) == 0
+    is_main = int(os.environ.get("RANK", "0")) == 0
     if force and out.exists() and is_main:
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from segpipe.devices import autocast_dtype, pick_device
-from segpipe.errors import fail
+from segpipe.errors import did_you_mean, fail
 from segpipe.networks import build_network
 from segpipe.training import distributed as dist
 from segpipe.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
@@ -78,11 +78,8 @@ def register_trainer(name: str) -> Callable[[type["Trainer"]], type["Trainer"]]:
 
 def get_trainer(name: str) -> type["Trainer"]:
     if name not in TRAINERS:
-        import difflib
-
-        close = difflib.get_close_matches(name, TRAINERS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise fail(f"unknown trainer '{name}'{hint}", f"use one of: {', '.join(sorted(TRAINERS))}")
+        raise fail(f"unknown trainer '{name}'{did_you_mean(name, TRAINERS)}",
+                   f"use one of: {', '.join(sorted(TRAINERS))}")
     return TRAINERS[name]
 
 

@@ -13,7 +13,7 @@ from segpipe.dataset.formats.flat import discover_flat
 from segpipe.dataset.formats.msd import discover_msd
 from segpipe.dataset.formats.nnunet import discover_nnunet
 from segpipe.dataset.model import DatasetSpec
-from segpipe.errors import Problem, fail
+from segpipe.errors import Problem, did_you_mean, fail
 
 Converter = Callable[[Path, OnboardOptions], tuple[DatasetSpec, list[Problem]]]
 
@@ -47,9 +47,5 @@ def detect_format(source: Path, options: OnboardOptions) -> str:
 def discover(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, list[Problem]]:
     fmt = options.format if options.format != "auto" else detect_format(source, options)
     if fmt not in FORMATS:
-        import difflib
-
-        close = difflib.get_close_matches(fmt, FORMATS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise fail(f"unknown format '{fmt}'{hint}", f"use one of: auto, {', '.join(FORMATS)}")
+        raise fail(f"unknown format '{fmt}'{did_you_mean(fmt, FORMATS)}", f"use one of: auto, {', '.join(FORMATS)}")
     return FORMATS[fmt](source, options)
