@@ -21,6 +21,7 @@ class Problem:
     file: str | None = None
     case: str | None = None
     severity: str = "error"
+    detail: str | None = None  # e.g. the traceback of an unexpected error; shown with --debug only
 
     def format(self) -> str:
         where = []
@@ -42,6 +43,16 @@ class SegpipeError(Exception):
         self.problems: list[Problem] = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__(self.format())
 
+    def __reduce__(self):
+        # pickled with its problems (not the formatted text), so an error raised in a worker process reaches
+        # the main process whole: same case, file, problem and fix as with --workers 1
+        return (type(self), (self.problems,))
+
+    def with_context(self, case: str | None = None, file: str | None = None) -> "SegpipeError":
+        """The same error with ``case``/``file`` filled in where its problems name none."""
+        return SegpipeError(Problem(p.problem, p.fix, p.file or file, p.case or case, p.severity, p.detail)
+                            for p in self.problems)
+
     def format(self) -> str:
         errors = [p for p in self.problems if p.severity == "error"]
         lines = [f"{len(errors)} problem(s) found:" if len(errors) > 1 else ""]
@@ -61,3 +72,22 @@ def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
 def fail(problem: str, fix: str, file: str | None = None, case: str | None = None) -> SegpipeError:
     """Build a single-problem :class:`SegpipeError` (``raise fail(...)``)."""
     return SegpipeError(Problem(problem=problem, fix=fix, file=None if file is None else str(file), case=case))
+
+
+NO_SPACE = "no space left on the device"
+
+
+def os_error_problem(e: OSError, case: str | None = None) -> Problem:
+    """A user-facing problem for an operating-system error while reading or writing (disk full, read-only...)."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem, fix = (f"{NO_SPACE} (nothing partial was kept: artifacts are written to a "
+                        "temporary file, verified and only then renamed)",
+                        "free disk space or choose another --workspace/--output, then re-run the command")
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        problem, fix = (f"cannot write here ({e.strerror})",
+                        "make the folder writable or choose another --workspace/--output")
+    else:
+        problem, fix = (f"{e.strerror or e}", "check the path and permissions, then re-run the command")
+    return Problem(problem, fix, None if e.filename is None else str(e.filename), case)

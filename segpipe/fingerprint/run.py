@@ -9,7 +9,8 @@ from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_case
 from segpipe.fingerprint.aggregate import aggregate
 from segpipe.fingerprint.case import fingerprint_case
-from segpipe.io.jsonio import read_json, write_json
+from segpipe.locking import locked
+from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
 from segpipe.parallel import map_cases
 from segpipe.records import input_state, up_to_date, write_record
 from segpipe.workspace import Workspace
@@ -26,10 +27,12 @@ def _one(args: tuple[DatasetSpec, Path, CaseEntry, int, int]) -> dict:
     return fingerprint_case(data, label, geo, n_samples, seed)
 
 
+@locked("fingerprint", exclusive=True)
 def run_fingerprint(ws: Workspace, workers: int = 1, force: bool = False,
                     max_samples: int = MAX_INTENSITY_SAMPLES, seed: int = SAMPLING_SEED) -> tuple[dict, bool]:
     """Fingerprint ``ws``'s dataset. Returns (fingerprint, skipped)."""
     spec = load_dataset(ws)
+    refuse_if_newer(ws.fingerprint_json, writing=True)  # before any work, --force or not
     settings = {"max_samples": max_samples, "seed": seed}
     raw_files = [ws.raw / f for c in spec.cases for f in c.images + [c.label]]
     inputs = input_state([ws.dataset_json], raw_files)
@@ -38,7 +41,7 @@ def run_fingerprint(ws: Workspace, workers: int = 1, force: bool = False,
         return read_json(ws.fingerprint_json, kind="fingerprint"), True
     per_case = max(1, max_samples // max(1, len(spec.cases)))
     args = [(spec, ws.raw, c, per_case, seed + i) for i, c in enumerate(spec.cases)]
-    results = map_cases(_one, args, workers, "fingerprint")
+    results = map_cases(_one, args, workers, "fingerprint", cases=[c.id for c in spec.cases])
     cases, samples = {}, [[] for _ in spec.channels]
     for c, r in zip(spec.cases, results):
         for k, s in enumerate(r.pop("samples")):

@@ -9,25 +9,23 @@ preprocessed and exported in worker processes while the network predicts.
 from __future__ import annotations
 
 import logging
-import re
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from segpipe.dataset.model import CaseEntry, DatasetSpec
-from segpipe.dataset.formats.common import visible_files, strip_ending
 from segpipe.dataset.reading import read_channels
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.inference.export import probabilities_path, probabilities_to_original
+from segpipe.inference.inputs import discover_inputs, resolve_inputs  # noqa: F401 - discover_inputs re-exported
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
-from segpipe.io.atomic import atomic_save_npz
+from segpipe.io.atomic import atomic_save_npz, remove_stale_temporaries
 from segpipe.io.images import Geometry, file_ending, write_image
 from segpipe.networks import build_network
-from segpipe.parallel import _die_with_parent
+from segpipe.parallel import CasePool, CaseTask, case_failures_error, failure_problems
+from segpipe.progress import CaseProgress
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.training.checkpoint import check_compatible, load_checkpoint
 
@@ -41,40 +39,6 @@ class Model:
     config_name: str
     config: dict
     networks: list[torch.nn.Module]
-
-
-def discover_inputs(input_dir: Path, spec: DatasetSpec) -> list[CaseEntry]:
-    """Cases in ``input_dir``: ``<case>_0000<ending>``, ``_0001``, ... per channel (nnU-Net naming), or for
-    single-channel data sets (and multi-channel 4D MSD data) one file per case."""
-    files = [p for p in visible_files(input_dir) if file_ending(p.name)]
-    if not files:
-        raise fail("no image files found", "put the images to segment in this folder", file=input_dir)
-    rx = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
-    by_case: dict[str, dict[int, str]] = {}
-    plain: list[str] = []
-    for p in files:
-        m = rx.match(strip_ending(p.name))
-        if m:
-            by_case.setdefault(m["case"], {})[int(m["ch"])] = p.name
-        else:
-            plain.append(p.name)
-    n_files = 1 if spec.channels_in_file else spec.n_channels
-    if by_case and not plain:
-        problems, cases = [], []
-        for cid, chans in sorted(by_case.items()):
-            if sorted(chans) != list(range(n_files)):
-                problems.append(Problem(f"expected channel files _0000.._{n_files - 1:04d}, found "
-                                        f"{sorted(chans)}", f"give {n_files} channel file(s) per case "
-                                        f"({list(spec.channels.values())})", str(input_dir), cid))
-            else:
-                cases.append(CaseEntry(cid, [chans[i] for i in range(n_files)]))
-        if problems:
-            raise SegpipeError(problems)
-        return cases
-    if n_files != 1:
-        raise fail(f"the model expects {n_files} channels {list(spec.channels.values())}; name the files "
-                   "<case>_0000<ending>, <case>_0001<ending>, ...", "rename the input files", file=input_dir)
-    return [CaseEntry(strip_ending(n), [n]) for n in sorted(plain + [v[0] for v in by_case.values()])]
 
 
 def load_model(results_dir: Path, config_name: str, config: dict, folds: list[str], n_channels: int,
@@ -102,7 +66,8 @@ def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], dict]:
                    "give the same channels as in training", file=root / case.images[0], case=case.id)
     out = []
     for name, cfg in configs:
-        pdata, _, props = preprocess_case(data, None, geo, cfg, name, case_id=case.id)
+        pdata, _, props = preprocess_case(data, None, geo, cfg, name, case_id=case.id,
+                                          file=str(root / case.images[0]))
         out.append((pdata, props))
     return case.id, out, geo.to_dict()
 
@@ -125,54 +90,75 @@ def _export(args) -> str:
 def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, output_dir: Path, device: torch.device,
                    mirror: bool = True, save_probabilities: bool = False, postprocess: dict | None = None,
                    workers: int = 1, batch_size: int | None = None, pixel_spacing: float | None = None,
-                   amp_dtype: torch.dtype | None = None) -> list[str]:
+                   amp_dtype: torch.dtype | None = None, spacing_csv: Path | None = None) -> list[str]:
     """Predict every case of ``input_dir`` into ``output_dir`` (never into ``input_dir``)."""
     input_dir, output_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
     if output_dir == input_dir:
         raise fail("output folder is the input folder", "write predictions to another folder", file=output_dir)
-    cases = discover_inputs(input_dir, spec)
+    cases = resolve_inputs(input_dir, spec, pixel_spacing, spacing_csv)
     in_spec = DatasetSpec(spec.name, str(input_dir), spec.format, spec.channels, spec.labels, spec.file_ending,
                           cases, channels_in_file=spec.channels_in_file, allow_external_links=True)
-    if pixel_spacing is not None:
-        for c in cases:
-            c.spacing = [pixel_spacing, pixel_spacing]
     configs = [(m.config_name, m.config) for m in models]
-    written: list[str] = []
     ending = file_ending(cases[0].images[0]) or spec.file_ending
-    with ProcessPoolExecutor(max(1, workers), initializer=_die_with_parent) as pool:
-        pending_prep: list[Future] = []
-        exports: list[Future] = []
+    remove_stale_temporaries(output_dir)  # left by a killed earlier run (a live run's are kept)
+    written: list[str] = []
+    failures: dict[str, list[Problem]] = {}
+    ahead = max(2, workers + 1)  # cases read and preprocessed ahead of the network
+    with CasePool(workers, "predict") as pool, CaseProgress(len(cases), "predict") as bar:
+        preparing: list[CaseTask] = []
+        exporting: list[CaseTask] = []
         queue = iter(cases)
 
-        def refill() -> None:
-            while len(pending_prep) < max(2, workers + 1):
-                case = next(queue, None)
-                if case is None:
-                    return
-                pending_prep.append(pool.submit(_prepare, (in_spec, input_dir, case, configs)))
+        def finish_exports(keep: int) -> None:
+            while len(exporting) > keep:
+                task = exporting.pop(0)
+                ok, value = pool.outcome(task)
+                if ok:
+                    written.append(value)
+                else:
+                    failures[task.case] = value
+                bar.update(task.case, failed=not ok)
 
-        refill()
-        bar = tqdm(total=len(cases), desc="predict", unit="case", disable=None)
-        while pending_prep:
-            cid, prepared, geo = pending_prep.pop(0).result()
-            refill()
-            originals = []
-            for model, (pdata, props) in zip(models, prepared):
-                cfg = model.config
-                mirror_axes = mirror_axes_for(len(cfg["patch_size"])) if mirror else None
-                probs = None
-                for net in model.networks:
-                    p = predict_sliding_window(net, pdata, cfg["patch_size"], len(spec.labels), mirror_axes,
-                                               batch_size=batch_size or max(1, int(cfg["batch_size"])),
-                                               device=device, amp=amp_dtype is not None, amp_dtype=amp_dtype)
-                    probs = p if probs is None else probs + p
-                probs = probs / len(model.networks)
-                originals.append(probabilities_to_original(probs, props))
+        while True:
+            while len(preparing) < ahead and (case := next(queue, None)) is not None:
+                preparing.append(pool.submit(_prepare, (in_spec, input_dir, case, configs), case.id))
+            if not preparing:
+                break
+            task = preparing.pop(0)
+            ok, value = pool.outcome(task)
+            if not ok:
+                failures[task.case] = value
+                bar.update(task.case, failed=True)
+                continue
+            cid, prepared, geo = value
+            try:
+                originals = [_predict_model(model, pdata, props, len(spec.labels), mirror, device, batch_size,
+                                            amp_dtype) for model, (pdata, props) in zip(models, prepared)]
+            except Exception as e:  # noqa: BLE001 - reported with this case; the other cases go on
+                failures[cid] = failure_problems(e, "predict", cid)
+                bar.update(cid, failed=True)
+                continue
             out_path = output_dir / f"{cid}{ending}"
-            exports.append(pool.submit(_export, (originals, geo, out_path, postprocess, save_probabilities,
-                                                 spec.labels)))
-            bar.update(1)
-        bar.close()
-        for f in exports:
-            written.append(f.result())
+            exporting.append(pool.submit(_export, (originals, geo, out_path, postprocess, save_probabilities,
+                                                   spec.labels), cid))
+            del originals, prepared, value
+            finish_exports(keep=max(0, workers - 1))
+        finish_exports(keep=0)
+    if failures:
+        raise case_failures_error(failures, len(cases), "predict")
     return written
+
+
+def _predict_model(model: Model, pdata: np.ndarray, props: dict, n_classes: int, mirror: bool,
+                   device: torch.device, batch_size: int | None, amp_dtype: torch.dtype | None) -> np.ndarray:
+    """Fold-averaged probabilities of one configuration for one preprocessed case, in the raw geometry
+    ``(n_classes, *raw_shape)``."""
+    cfg = model.config
+    mirror_axes = mirror_axes_for(len(cfg["patch_size"])) if mirror else None
+    probs = None
+    for net in model.networks:
+        p = predict_sliding_window(net, pdata, cfg["patch_size"], n_classes, mirror_axes,
+                                   batch_size=batch_size or max(1, int(cfg["batch_size"])),
+                                   device=device, amp=amp_dtype is not None, amp_dtype=amp_dtype)
+        probs = p if probs is None else probs + p
+    return probabilities_to_original(probs / len(model.networks), props)
