@@ -56,6 +56,8 @@ def tree_state(root: Path) -> dict[str, str]:
         return out
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
+        if ".locks" in p.relative_to(root).parts:  # lock files (segpipe/locking.py) are not artifacts
+            continue
         if p.is_symlink():
             out[rel] = "link:" + os.readlink(p)
         elif p.is_file():

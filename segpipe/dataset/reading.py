@@ -12,7 +12,10 @@ from segpipe.io.images import Geometry, read_image
 
 def resolve(raw_root: Path, rel: str, allow_external_links: bool = False) -> Path:
     """Absolute path of a dataset file; refuses paths (symlinks included) that leave ``raw_root`` unless
-    ``allow_external_links``."""
+    ``allow_external_links``. When ``raw_root`` is the workspace's link to the user's folder, the path is
+    given inside the user's folder, so that messages name the file the user knows."""
+    if raw_root.is_symlink():
+        raw_root = raw_root.resolve()
     p = raw_root / rel
     if allow_external_links:
         return p

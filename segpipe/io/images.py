@@ -7,6 +7,7 @@ origin and the direction cosines stay in SimpleITK's physical ``(x, y, z)`` orde
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import struct
 import zlib
@@ -18,6 +19,8 @@ import SimpleITK as sitk
 
 from segpipe.errors import fail
 from segpipe.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 SPACING_TOLERANCE_MM = 1e-3
 ORIGIN_TOLERANCE_MM = 1e-3
@@ -100,6 +103,8 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
                    f"convert it to one of {', '.join(IMAGE_ENDINGS)}", file=path)
     if file_ending(path) in NIFTI_ENDINGS:
         _check_nifti_complete(path)
+    if file_ending(path) == ".png" and _png_colour_type(path) == PNG_GREY_ALPHA:
+        return _read_grey_alpha_png(path)  # ITK cannot read grey+alpha PNGs ("Unknown PixelType")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -108,6 +113,48 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise fail(f"cannot read image: corrupt, truncated or not the format its ending says "
                    f"({detail.strip()[:160]})", "replace it with an intact copy (try opening it in a viewer)",
                    file=path) from None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_ALPHA = 4  # IHDR colour type of a grey+alpha ("LA") PNG
+
+
+def _png_colour_type(path: Path) -> int | None:
+    """The PNG's IHDR colour type (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA), None when not a PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return None
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[25]
+
+
+def _read_grey_alpha_png(path: Path) -> sitk.Image:
+    """A grey+alpha PNG as a 2-component (grey, alpha) SimpleITK image, spacing 1, origin 0 (as ITK reads PNGs).
+
+    Read with Pillow (installed with matplotlib), since ITK refuses this pixel type. 16-bit grey+alpha is refused:
+    Pillow would reduce it to 8 bits without saying so.
+    """
+    with open(path, "rb") as fh:
+        bit_depth = fh.read(25)[24]
+    if bit_depth != 8:
+        raise fail(f"{bit_depth}-bit grey+alpha PNG, which segpipe cannot read without losing precision",
+                   "save it as a grayscale PNG without an alpha channel (or as NIfTI)", file=path)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        raise fail("grey+alpha PNG: reading it needs the Pillow package", "pip install pillow, or save the image "
+                   "as a grayscale PNG without an alpha channel", file=path) from None
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("LA") if im.mode != "LA" else im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise fail(f"cannot read image: corrupt or truncated grey+alpha PNG ({str(e)[:160]})",
+                   "replace it with an intact copy (try opening it in a viewer)", file=path) from None
+    return sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=True)
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
@@ -179,14 +226,45 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
 
     Array axis order is ``(z, y, x)`` (3D) or ``(y, x)`` (2D). Multi-component pixels (RGB PNGs) come back
     components first, ``(k, y, x)``, with ``geometry.extra['components'] == k``; the geometry describes the
-    spatial axes only.
+    spatial axes only. A PNG's alpha channel is dropped (grey+alpha reads as grey, RGBA as RGB). 2D formats
+    (PNG, TIFF, ...) holding a 3D stack (multi-page TIFF) are refused.
     """
     img = read_sitk(path)
+    _refuse_stack_in_2d_format(img, Path(path))
     arr = sitk.GetArrayFromImage(img)
     geo = geometry_of(img)
-    if img.GetNumberOfComponentsPerPixel() > 1:
+    k = img.GetNumberOfComponentsPerPixel()
+    if k in (2, 4) and file_ending(path) == ".png":
+        arr = _drop_alpha(arr, Path(path))
+        k -= 1
+        geo.extra["components"] = k
+    if k > 1:
         arr = np.moveaxis(arr, -1, 0)
     return arr, geo
+
+
+def _refuse_stack_in_2d_format(img: sitk.Image, path: Path) -> None:
+    """Refuse a 3D image in a file whose ending segpipe treats as 2D (a multi-page TIFF): it has no slice spacing,
+    and 2D pixel sizes (``--spacing-csv``/``--pixel-spacing``) would be applied to a volume."""
+    ending = file_ending(path)
+    if ending not in ENDINGS_2D or img.GetDimension() <= 2:
+        return
+    size = img.GetSize()  # (x, y, pages, ...)
+    pages = int(np.prod(size[2:]))
+    raise fail(f"multi-page {ending} file: a 3D stack of {pages} pages of {size[1]}x{size[0]} pixels, but {ending} "
+               "files are read as single 2D images",
+               "convert the stack to a 3D format that stores the slice spacing (NIfTI .nii.gz or NRRD .nrrd), or "
+               "save each page as its own 2D image", file=path)
+
+
+def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+    """``arr`` (``(y, x, k)``, alpha last) without its alpha component; logs when alpha is not uniform."""
+    alpha = arr[..., -1]
+    if alpha.size and np.any(alpha != alpha.flat[0]):
+        log.warning("%s: the alpha (transparency) channel varies; it is ignored, only the %s values are used",
+                    path, "grey" if arr.shape[-1] == 2 else "colour")
+    out = arr[..., :-1]
+    return out[..., 0] if out.shape[-1] == 1 else out
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
@@ -197,5 +275,31 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
     img.SetSpacing(tuple(float(s) for s in reversed(geometry.spacing)))
     img.SetOrigin(tuple(geometry.origin))
     img.SetDirection(tuple(geometry.direction))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=lambda tmp: verify_written_image(tmp, tuple(geometry.shape))) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def verify_written_image(path: Path, shape: tuple[int, ...]) -> None:
+    """Check a just-written image before it replaces anything: not empty, its header reads back with the
+    expected ``shape`` (array axis order), and a NIfTI file holds all its voxels. SimpleITK's writer does not
+    raise on a full disk; this does (:func:`segpipe.io.atomic.verification_failed`)."""
+    from segpipe.errors import SegpipeError
+    from segpipe.io.atomic import verification_failed, verify_not_empty
+
+    verify_not_empty(path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        got = tuple(int(s) for s in reversed(reader.GetSize()))
+    except RuntimeError as e:
+        raise verification_failed(path, f"header does not read back: {str(e).strip()[-120:]}") from None
+    if got != tuple(shape):
+        raise verification_failed(path, f"header says shape {got}, expected {tuple(shape)}")
+    try:
+        if file_ending(path) in NIFTI_ENDINGS:
+            _check_nifti_complete(path)
+        elif file_ending(path) in ENDINGS_2D:
+            sitk.ReadImage(str(path))
+    except (SegpipeError, RuntimeError) as e:
+        raise verification_failed(path, f"does not read back: {str(e).strip()[-160:]}") from None

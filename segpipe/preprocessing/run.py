@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zlib
 from pathlib import Path
 
@@ -19,13 +20,14 @@ import numpy as np
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_channels, read_label
-from segpipe.errors import fail
-from segpipe.io.atomic import TMP_PREFIX, atomic_path, atomic_write_text, remove_stale_temporaries
-from segpipe.io.jsonio import SCHEMA_VERSION, read_json, write_json
+from segpipe.errors import SegpipeError, fail
+from segpipe.io.atomic import TMP_PREFIX, atomic_save_npz, atomic_write_text, remove_stale_temporaries
+from segpipe.locking import locked
+from segpipe.io.jsonio import SCHEMA_VERSION, read_json, refuse_if_newer, write_json
 from segpipe.planning.run import get_configuration
 from segpipe.parallel import map_cases
 from segpipe.preprocessing.case import preprocess_case
-from segpipe.records import _norm, input_state, up_to_date, write_record
+from segpipe.records import _norm, config_hash, input_state, relative_state, up_to_date, write_record
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,44 @@ def case_seed(case_id: str, base: int = SEED) -> int:
 
 def _is_complete(folder: Path, case_id: str) -> bool:
     return (folder / f"{case_id}.json").is_file() and (folder / f"{case_id}.npz").is_file()
+
+
+def plan_hash(cfg: dict) -> str:
+    """The hash of a configuration's plan entry that a preprocessed case records (see records.config_hash)."""
+    return config_hash(cfg)
+
+
+_HASH_RX = re.compile(rb'"plan_hash":"([^"]+)"')
+
+
+def case_plan_hash(folder: Path, case_id: str) -> str | None:
+    """The plan hash recorded in a preprocessed case's properties (read from the file's first bytes only)."""
+    try:
+        with open(Path(folder) / f"{case_id}.json", "rb") as fh:
+            m = _HASH_RX.search(fh.read(256))
+    except OSError:
+        return None
+    return m.group(1).decode() if m else None
+
+
+def stale_cases(folder: Path, case_ids: list[str], cfg: dict) -> tuple[list[str], list[str]]:
+    """``(missing, other_plan)``: cases not (completely) preprocessed, and cases preprocessed with a plan
+    other than ``cfg`` (e.g. re-planned while a preprocess was running)."""
+    want = plan_hash(cfg)
+    missing = [c for c in case_ids if not _is_complete(folder, c)]
+    other = [c for c in case_ids if c not in missing and case_plan_hash(folder, c) != want]
+    return missing, other
+
+
+def check_preprocessed(folder: Path, case_ids: list[str], cfg: dict, config: str) -> None:
+    """Refuse to use a preprocessed folder that lacks cases or mixes plans (names the cases and the fix)."""
+    missing, other = stale_cases(folder, case_ids, cfg)
+    if missing:
+        raise fail(f"{len(missing)} case(s) are not preprocessed for {config} (e.g. {missing[:3]})",
+                   f"run `segpipe preprocess --config {config}` first", file=folder)
+    if other:
+        raise fail(f"{len(other)} preprocessed case(s) were made with another plan than the current plans.json "
+                   f"(e.g. {other[:3]})", f"run `segpipe preprocess --config {config}` to redo them", file=folder)
 
 
 def list_cases(folder: str | Path) -> list[str]:
@@ -110,8 +150,8 @@ def write_properties(path: Path, props: dict) -> None:
     Compact JSON: the class locations hold up to 10,000 coordinates per class, and the indented form that
     ``write_json`` produces takes ~20x longer to write (it dominated the stage's run time).
     """
-    doc = {"schema_version": SCHEMA_VERSION, "kind": "case_properties",
-           **{k: v for k, v in props.items() if k not in ("schema_version", "kind")}}
+    doc = {"schema_version": SCHEMA_VERSION, "kind": "case_properties", "plan_hash": props.get("plan_hash"),
+           **{k: v for k, v in props.items() if k not in ("schema_version", "kind", "plan_hash")}}
     atomic_write_text(path, json.dumps(doc, separators=(",", ":"), allow_nan=False, default=_np_default) + "\n")
 
 
@@ -129,11 +169,11 @@ def _one(args: tuple[DatasetSpec, Path, CaseEntry, dict, str, Path, int]) -> str
     if case.label:
         lab, _ = read_label(spec, raw, case)
         label = np.rint(lab).astype(np.int16)
-    data, seg, props = preprocess_case(data, label, geo, cfg, config, seed=seed, case_id=case.id)
+    data, seg, props = preprocess_case(data, label, geo, cfg, config, seed=seed, case_id=case.id,
+                                       file=str(raw / case.images[0]))
+    props["plan_hash"] = plan_hash(cfg)
     arrays = {"data": data} if seg is None else {"data": data, "seg": seg}
-    with atomic_path(out / f"{case.id}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    atomic_save_npz(out / f"{case.id}.npz", compress=False, **arrays)
     write_properties(out / f"{case.id}.json", props)
     return case.id
 
@@ -150,6 +190,7 @@ def _wipe(folder: Path) -> int:
     return n
 
 
+@locked("preprocess", exclusive=True)
 def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = False) -> tuple[int, bool]:
     """Preprocess ``ws``'s dataset for ``config``. Returns (number of cases written now, skipped)."""
     spec = load_dataset(ws)
@@ -160,17 +201,18 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
     raw_files = [ws.raw / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
     inputs = input_state([ws.dataset_json, ws.plans_json], raw_files)
     settings = {"config": config, "plan": cfg}
-    state = {"inputs": inputs, "settings": _norm(settings)}
+    state = {"inputs": relative_state(ws, inputs), "settings": _norm(settings)}
 
     record_ok = up_to_date(ws, stage, inputs, settings, [])
     stale = remove_stale_temporaries(out)
     if stale:
         log.info("preprocess: removed %d temporary file(s) left by an interrupted run", stale)
     folder_state = None
+    refuse_if_newer(out / STATE_FILE, writing=True)  # never wipe what a newer segpipe wrote, even with --force
     if (out / STATE_FILE).is_file():
         try:
             folder_state = read_json(out / STATE_FILE, kind="preprocess_state")
-        except Exception:  # a damaged state file: the case files' origin is unknown
+        except SegpipeError:  # a damaged state file: the case files' origin is unknown, so they are redone
             folder_state = None
     folder_ok = folder_state is not None and {k: folder_state.get(k) for k in state} == state
     if force or not (folder_ok or record_ok):
@@ -184,7 +226,10 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
     if not folder_ok or force:
         write_json(out / STATE_FILE, state, kind="preprocess_state")
 
-    todo = [c for c in spec.cases if not _is_complete(out, c.id)]
+    missing, other = stale_cases(out, [c.id for c in spec.cases], cfg)
+    if other:
+        log.warning("preprocess %s: %d case(s) were made with another plan; redoing them", config, len(other))
+    todo = [c for c in spec.cases if c.id in set(missing) | set(other)]
     if not todo and record_ok:
         log.info("preprocess %s: inputs unchanged and all %d cases complete; skipping (use --force to redo)",
                  config, len(spec.cases))
@@ -193,10 +238,7 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
         log.info("preprocess %s: %d of %d cases already complete; continuing with the other %d", config,
                  len(spec.cases) - len(todo), len(spec.cases), len(todo))
     args = [(spec, ws.raw, c, cfg, config, out, case_seed(c.id)) for c in todo]
-    map_cases(_one, args, workers, f"preprocess {config}")
-    missing = [c.id for c in spec.cases if not _is_complete(out, c.id)]
-    if missing:  # should not happen: a worker error stops map_cases first
-        raise fail(f"{len(missing)} case(s) were not written: {missing[:5]}", "re-run `segpipe preprocess`",
-                   file=out)
+    map_cases(_one, args, workers, f"preprocess {config}", cases=[c.id for c in todo])
+    check_preprocessed(out, [c.id for c in spec.cases], cfg, config)
     write_record(ws, stage, inputs, settings, [])
     return len(todo), False

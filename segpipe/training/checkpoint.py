@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 
 from segpipe.errors import fail
-from segpipe.io.atomic import atomic_path
+from segpipe.io.atomic import atomic_path, verify_zip
 
 CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=verify_zip) as tmp:
         torch.save({"checkpoint_version": CHECKPOINT_VERSION, **state}, tmp)
 
 

@@ -19,11 +19,57 @@ def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
-def test_stale_temporaries_are_removed(tmp_path: Path):
-    (tmp_path / ".tmp-123-abcd-x.npz").write_bytes(b"partial")
-    (tmp_path / "keep.npz").write_bytes(b"ok")
-    assert remove_stale_temporaries(tmp_path) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.npz"]
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    dead = _dead_pid()
+    (tmp_path / f".tmp-{dead}-abcd-x.npz").write_bytes(b"partial")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / f".tmp-{dead}-abcd-raw").mkdir()  # a half-built folder
+    (tmp_path / "sub" / f".tmp-{dead}-abcd-raw" / "a.nii.gz").write_bytes(b"x")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / f".tmp-{live.pid}-beef-y.npz").write_bytes(b"being written")
+        (tmp_path / f".tmp-{os.getpid()}-cafe-z.json").write_bytes(b"mine")
+        (tmp_path / "keep.npz").write_bytes(b"ok")
+        assert remove_stale_temporaries(tmp_path) == 1
+        assert (tmp_path / "sub" / f".tmp-{dead}-abcd-raw").is_dir()  # not recursive by default
+        assert remove_stale_temporaries(tmp_path, recursive=True) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["keep.npz", "sub", f".tmp-{live.pid}-beef-y.npz", f".tmp-{os.getpid()}-cafe-z.json"])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_writer_that_writes_nothing_or_a_truncated_archive_replaces_nothing(tmp_path: Path):
+    from segpipe.io.atomic import verify_zip
+
+    target = tmp_path / "a.npz"
+    atomic_save_npz(target, a=np.arange(1000))
+    good = target.read_bytes()
+    with pytest.raises(OSError, match="0 bytes"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"")
+    with pytest.raises(OSError, match="incomplete archive"):
+        with atomic_path(target, verify=verify_zip) as tmp:
+            tmp.write_bytes(good[: len(good) // 2])
+    with pytest.raises(OSError, match="no file"):
+        with atomic_path(target):
+            pass
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"]
 
 
 def test_npz_refuses_object_arrays(tmp_path: Path):

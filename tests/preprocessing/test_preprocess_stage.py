@@ -175,3 +175,29 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(planned: Path, tmp_
         assert np.array_equal(a[cid][0], b[cid][0]) and np.array_equal(a[cid][1], b[cid][1])
         assert a[cid][2] == b[cid][2]
     assert _pp(killed.root) == 0 and "unchanged, skipped" in capsys.readouterr().out
+
+
+def test_cases_made_with_another_plan_are_redone_and_refused_by_train(tiny_ws_template: Path, tmp_path: Path,
+                                                                       capsys):
+    """Re-planning while a preprocess runs must never leave cases at two spacings: each case records the
+    plan it was made with; preprocess redoes the odd ones and train refuses a mixed folder."""
+    import re as _re
+
+    from conftest import copy_ws
+    from segpipe.preprocessing.run import case_plan_hash
+
+    ws = copy_ws(tiny_ws_template, tmp_path / "ws")
+    folder = ws / "tiny" / "preprocessed" / "3d_fullres"
+    victim = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))[0]
+    good = case_plan_hash(folder, victim.stem)
+    assert good and good.startswith("sha256:")
+    text = victim.read_text()
+    victim.write_text(_re.sub(r'"plan_hash":"[^"]+"', '"plan_hash":"sha256:0000"', text, count=1))
+    capsys.readouterr()
+    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
+                 "--iterations-per-epoch", "1", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "1 preprocessed case(s) were made with another plan" in err and victim.stem in err
+    assert main(["preprocess", "-w", str(ws), "--workers", "1"]) == 0
+    assert case_plan_hash(folder, victim.stem) == good
+    assert victim.read_text() == text

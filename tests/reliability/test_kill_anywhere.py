@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +25,28 @@ def _segpipe(*args: str) -> list[str]:
 
 
 def _kill_after(cmd: list[str], delay: float) -> None:
+    """Run ``cmd`` and SIGKILL it (with its workers) after ``delay`` seconds; asserts that the kill landed
+    before the command finished."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"{cmd[3]} finished in under {delay:.1f} s: the kill did not land"
 
 
-def _finish(cmd: list[str]) -> None:
+def _finish(cmd: list[str]) -> float:
+    """Run ``cmd`` to completion; its wall time in seconds."""
+    t = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    return time.monotonic() - t
+
+
+def _delay(rng: np.random.Generator, duration: float) -> float:
+    """A kill time inside an uninterrupted run of ``duration`` seconds (past interpreter start-up)."""
+    return float(rng.uniform(0.45, 0.8)) * duration
 
 
 def _files(root: Path, pattern: str) -> dict[str, Path]:
@@ -61,13 +73,13 @@ def onboarded(tmp_path: Path):
 def test_fingerprint_and_preprocess_survive_kills(onboarded):
     rng = np.random.default_rng(SEED)
     ref = onboarded("ref")
-    for stage in (["fingerprint", "--workers", "2"], ["plan"], ["preprocess", "--workers", "2"]):
-        _finish(_segpipe(stage[0], "-w", str(ref), *stage[1:]))
+    stages = (["fingerprint", "--workers", "2"], ["plan"], ["preprocess", "--workers", "2"])
+    took = [_finish(_segpipe(stage[0], "-w", str(ref), *stage[1:])) for stage in stages]
     for k in range(KILLS_PER_STAGE):
         ws = onboarded(f"killed{k}")
-        for stage in (["fingerprint", "--workers", "2"], ["plan"], ["preprocess", "--workers", "2"]):
+        for stage, duration in zip(stages, took):
             cmd = _segpipe(stage[0], "-w", str(ws), *stage[1:])
-            _kill_after(cmd, float(rng.uniform(0.3, 4.0)))
+            _kill_after(cmd, _delay(rng, duration))
             _finish(cmd)
         for name in ("fingerprint.json", "plans.json"):
             a = json.loads((ref / "k" / name).read_text())
@@ -90,18 +102,18 @@ TRAIN = ["train", "--config", "3d_fullres", "--fold", "0", "--epochs", "3", "--i
 def test_train_and_predict_survive_kills(tiny_ws_template: Path, tmp_path: Path):
     rng = np.random.default_rng(SEED + 1)
     ref = copy_ws(tiny_ws_template, tmp_path / "ref")
-    _finish(_segpipe(TRAIN[0], "-w", str(ref), *TRAIN[1:]))
+    train_took = _finish(_segpipe(TRAIN[0], "-w", str(ref), *TRAIN[1:]))
     inp = tmp_path / "in"
     inp.mkdir()
     for cid in hippo_ids(10)[6:9]:
         os.symlink(HIPPO / "imagesTr" / f"{cid}.nii.gz", inp / f"{cid}.nii.gz")
     predict = ["predict", "-i", str(inp), "--workers", "1", "--no-mirror"]
-    _finish(_segpipe(predict[0], "-w", str(ref), "-o", str(tmp_path / "out_ref"), *predict[1:]))
+    predict_took = _finish(_segpipe(predict[0], "-w", str(ref), "-o", str(tmp_path / "out_ref"), *predict[1:]))
     ref_log = [json.loads(x) for x in (ref / "tiny/results/3d_fullres/fold_0/log.jsonl").read_text().splitlines()]
     for k in range(KILLS_PER_STAGE):
         ws = copy_ws(tiny_ws_template, tmp_path / f"killed{k}")
         cmd = _segpipe(TRAIN[0], "-w", str(ws), *TRAIN[1:])
-        _kill_after(cmd, float(rng.uniform(2.0, 8.0)))
+        _kill_after(cmd, _delay(rng, train_took))
         _finish(cmd)
         log = [json.loads(x) for x in (ws / "tiny/results/3d_fullres/fold_0/log.jsonl").read_text().splitlines()]
         assert [e["epoch"] for e in log] == [0, 1, 2]
@@ -109,7 +121,7 @@ def test_train_and_predict_survive_kills(tiny_ws_template: Path, tmp_path: Path)
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
         out = tmp_path / f"out{k}"
         pcmd = _segpipe(predict[0], "-w", str(ws), "-o", str(out), *predict[1:])
-        _kill_after(pcmd, float(rng.uniform(1.0, 5.0)))
+        _kill_after(pcmd, _delay(rng, predict_took))
         _finish(pcmd)
         ref_out = _files(tmp_path / "out_ref", "*.nii.gz")
         got = _files(out, "*.nii.gz")
