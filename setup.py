@@ -32,6 +32,7 @@ setup(
         "acvl-utils>=0.2",
         "tqdm>=4.60",
         "matplotlib>=3.6",
+        "pillow>=9.0",  # PNG modes SimpleITK cannot read (grey+alpha), multi-page TIFF detection
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["segpipe=segpipe.cli:main"]},

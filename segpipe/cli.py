@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from segpipe._version import __version__
-from segpipe.errors import SegpipeError, fail
+from segpipe.errors import SegpipeError, fail, os_error_problem
 
 log = logging.getLogger("segpipe")
 
@@ -56,7 +56,9 @@ def cmd_onboard(a: argparse.Namespace) -> int:
 
     opts = OnboardOptions(name=a.name, format=a.format, channels=a.channels or [], labels=_labels(a.labels),
                           image_globs=a.image_glob or [], label_glob=a.label_glob,
-                          spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, pixel_spacing=a.pixel_spacing)
+                          spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, pixel_spacing=a.pixel_spacing,
+                          subject_csv=Path(a.subject_csv) if a.subject_csv else None,
+                          subject_column=a.subject_column, subject_pattern=a.subject_pattern)
     root = a.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "segpipe_workspace"
     ws, spec, warnings, skipped = onboard(a.source, root, opts, copy=a.copy, workers=a.workers, force=a.force,
                                           allow_external_links=a.allow_external_links)
@@ -121,7 +123,12 @@ def cmd_train(a: argparse.Namespace) -> int:
                              budget_s=parse_duration(a.budget) if a.budget else None, lr=a.lr, seed=a.seed,
                              workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size,
                              precision=a.precision)
-    folds = [str(k) for k in range(5)] if a.fold == "each" else [a.fold]
+    if a.fold == "each":
+        from segpipe.pipeline import fold_names
+
+        folds = fold_names(ws)  # the folds of splits.json: 5, fewer for data sets of fewer cases
+    else:
+        folds = [a.fold]
     for fold in folds:
         res = run_train(ws, a.config, fold, settings, trainer=a.trainer,
                         resume=True if a.resume else (False if a.no_resume else None), force=a.force,
@@ -144,31 +151,47 @@ def cmd_predict(a: argparse.Namespace) -> int:
     written, desc = run_predict(ws, Path(a.input), Path(a.output), configs=a.config, folds=a.folds, best=a.best,
                                 mirror=not a.no_mirror, save_probabilities=a.save_probabilities,
                                 checkpoint=a.checkpoint, device=a.device, workers=a.workers,
-                                pixel_spacing=a.pixel_spacing, precision=a.precision)
+                                pixel_spacing=a.pixel_spacing, precision=a.precision,
+                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None)
     print(f"{len(written)} case(s) predicted with {desc} -> {a.output}")
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from segpipe.evaluation.evaluate import evaluate_folders, labels_from_references
+    from segpipe.evaluation.evaluate import (check_output_folder, check_tolerance, default_output,
+                                             evaluate_folders, labels_from_references)
     from segpipe.workspace import Workspace
 
+    pred, ref = Path(a.pred), Path(a.ref)
+    out = Path(a.output) if a.output else default_output(pred)
+    check_output_folder(out, pred, ref)
+    check_tolerance(a.tolerance)
+    value_map, ws = None, None
+    if a.workspace or a.name or os.environ.get("SEGPIPE_WORKSPACE"):
+        ws = Workspace.locate(a.workspace, a.name)
     if a.labels:
         labels = _labels(a.labels)
-    elif a.workspace or a.name or os.environ.get("SEGPIPE_WORKSPACE"):
+    elif ws is not None:
         from segpipe.dataset.onboard import load_dataset
 
-        labels = load_dataset(Workspace.locate(a.workspace, a.name)).labels
+        spec = load_dataset(ws)
+        labels, value_map = spec.labels, spec.label_value_map
     else:
-        labels = labels_from_references(Path(a.ref))
-    out = Path(a.output) if a.output else Path(a.pred)
-    summary = evaluate_folders(Path(a.pred), Path(a.ref), labels, out, a.tolerance, a.workers,
-                               surface=not a.no_surface)
+        labels = labels_from_references(ref, a.ref_glob)
+    summary = evaluate_folders(pred, ref, labels, out, a.tolerance, a.workers, surface=not a.no_surface,
+                               ref_glob=a.ref_glob, pixel_spacing=a.pixel_spacing,
+                               spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None,
+                               label_value_map=value_map)
+    if ws is not None and ws.dataset_json.is_file():
+        from segpipe.evaluation.evaluate import record_evaluation
+
+        record_evaluation(ws, pred, ref, out, {"labels": labels, "tolerance_mm": a.tolerance,
+                                               "surface": not a.no_surface, "ref_glob": a.ref_glob})
     for name, m in summary["mean"].items():
         print(f"{name:15s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95_mm']:.2f} mm  "
               f"surface Dice {m['surface_dice']:.4f}  ({m['n_cases']} cases, {m['n_empty_both']} empty in both)")
-    print(f"mean foreground Dice {summary['foreground_mean_dice']:.4f} -> {out / 'summary.json'}, "
-          f"{out / 'metrics.csv'}")
+    print(f"mean foreground Dice {summary['foreground_mean_dice']:.4f} (spacing: {summary['spacing']}) -> "
+          f"{out / 'summary.json'}, {out / 'metrics.csv'}")
     return 0
 
 
@@ -188,7 +211,29 @@ def cmd_run(a: argparse.Namespace) -> int:
     root = a.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "segpipe_workspace"
     return run_all(a.source, Path(root), name=a.name, configs=a.config, folds=a.folds, budget=a.budget,
                    epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers,
-                   device=a.device, batch_size=a.batch_size, onboard_args=a.onboard_args)
+                   device=a.device, batch_size=a.batch_size, onboard_args=a.onboard_args, echo=print)
+
+
+def parse_onboard_args(source, name: str, args: list[str]) -> tuple:
+    """``segpipe onboard`` arguments (as for ``run --onboard-args``) as ``(OnboardOptions, copy,
+    allow_external_links, force)``; invalid ones are a user error (argparse has printed why)."""
+    from dataclasses import fields
+
+    from segpipe.dataset.formats.common import OnboardOptions
+
+    parser = build_parser()
+    try:
+        a = parser.parse_args(["onboard", str(source), "--name", name, *args])
+    except SystemExit:
+        raise fail(f"--onboard-args {' '.join(args)} are not valid `segpipe onboard` options",
+                   "see `segpipe onboard --help`; --onboard-args must come last on the command line") from None
+    values: dict = {"name": name, "channels": a.channels or [], "labels": _labels(a.labels),
+                    "image_globs": a.image_glob or []}
+    for f in fields(OnboardOptions):
+        v = getattr(a, f.name, None)
+        if f.name not in values and v is not None:
+            values[f.name] = Path(v) if f.name.endswith("_csv") else v
+    return OnboardOptions(**values), a.copy, a.allow_external_links, a.force
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -218,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--label-glob", metavar="GLOB", help="flat layout: label files, '*' is the case id")
     o.add_argument("--spacing-csv", metavar="CSV", help="2D images: CSV with file name and pixel size (mm) columns")
     o.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: one pixel size for all (mm)")
+    o.add_argument("--subject-csv", metavar="CSV", help="CSV with a case column (case ids or file names) and a "
+                   "subject column: a subject's cases stay in one cross-validation fold")
+    o.add_argument("--subject-column", metavar="COL", help="the subject column of --subject-csv (default: subject)")
+    o.add_argument("--subject-pattern", metavar="REGEX", help="regex searched in each case id; its group "
+                   "'subject' (or first group) is the subject, e.g. '^(\\d{3})_' for HC18's 010_HC, 010_2HC")
     o.add_argument("--copy", action="store_true", help="copy the case files into the workspace instead of linking")
     o.add_argument("--allow-external-links", action="store_true", help="accept files that are symlinks to places "
                    "outside the folder (refused by default)")
@@ -254,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ws(t)
     t.add_argument("--config", "-c", default="3d_fullres", help="configuration from plans.json (default "
                    "3d_fullres)")
-    t.add_argument("--fold", "-f", default="0", help="0..4, 'all' (train on every case) or 'each' (0..4 in turn)")
+    t.add_argument("--fold", "-f", default="0", help="a fold of splits.json (0..4; fewer folds for data sets of "
+                   "under 5 cases), 'all' (train on every case) or 'each' (every fold of splits.json in turn)")
     t.add_argument("--epochs", type=int, help="number of epochs (default 1000 unless --budget is given)")
     t.add_argument("--iterations-per-epoch", type=int, default=250, help="default %(default)s")
     t.add_argument("--val-iterations", type=int, help="validation batches per epoch (default: iterations/5, "
@@ -289,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", default="final", choices=["final", "best", "latest"])
     pr.add_argument("--no-mirror", action="store_true", help="no mirroring test-time augmentation (faster)")
     pr.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with softmax maps")
-    pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: pixel size (mm)")
+    pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images (PNG, TIFF, BMP, JPEG carry no "
+                    "spacing): one pixel size for all (mm); 2D input needs this or --spacing-csv")
+    pr.add_argument("--spacing-csv", metavar="CSV", help="2D images: CSV with file name and pixel size (mm) "
+                    "columns, as for onboarding; every input file needs a row")
     _add_device(pr)
     pr.add_argument("--workers", type=int, default=_default_workers(), help="processes preprocessing and "
                     "exporting cases while the network predicts (default %(default)s)")
@@ -297,12 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="metrics of predicted label maps against references")
     ev.add_argument("--pred", required=True, help="folder of predicted label maps")
-    ev.add_argument("--ref", required=True, help="folder of reference label maps (same file names)")
-    ev.add_argument("--output", help="where summary.json and metrics.csv go (default: the --pred folder)")
+    ev.add_argument("--ref", required=True, help="folder of reference label maps (same file names, or see "
+                    "--ref-glob); 2D masks stored as 0/255 are read as 0/1, like onboarding reads them")
+    ev.add_argument("--ref-glob", metavar="GLOB", help="reference files relative to --ref, '*' is the case id, "
+                    "e.g. '*_Mask.png' (default: the predictions' file names)")
+    ev.add_argument("--output", "-o", help="new folder for summary.json and metrics.csv, outside --pred and --ref "
+                    "(default: <pred>_evaluation beside the --pred folder)")
     ev.add_argument("--labels", nargs="+", metavar="NAME=VALUE", help="classes (default: the workspace dataset's, "
                     "else the values found)")
     _add_ws(ev)
-    ev.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    ev.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm, >= 0 (default 1)")
+    ev.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D references (PNG, ...): one pixel size "
+                    "for all (mm), so HD95, surface Dice and volumes are in mm")
+    ev.add_argument("--spacing-csv", metavar="CSV", help="2D references: CSV with file name and pixel size (mm) "
+                    "columns, as for onboarding (looked up by prediction file name, reference file name or "
+                    "<case><ending>)")
     ev.add_argument("--no-surface", action="store_true", help="skip HD95 and surface Dice (faster)")
     ev.add_argument("--workers", type=int, default=_default_workers())
     ev.set_defaults(func=cmd_evaluate)
@@ -319,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--name", "-n", required=True)
     ru.add_argument("--workspace", "-w")
     ru.add_argument("--config", "-c", nargs="+", help="configurations to train (default: all planned)")
-    ru.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ru.add_argument("--folds", nargs="+", type=int, help="folds to train (default: every fold of splits.json: 5, "
+                    "fewer for data sets of under 5 cases)")
     ru.add_argument("--budget", help="training budget per fold, e.g. 20m")
     ru.add_argument("--epochs", type=int)
     ru.add_argument("--iterations-per-epoch", type=int, default=250)
@@ -327,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ru.add_argument("--workers", type=int, default=_default_workers())
     ru.add_argument("--onboard-args", nargs=argparse.REMAINDER, default=[],
-                    help="remaining arguments are passed to `segpipe onboard` (e.g. --labels ...)")
+                    help="the remaining arguments are `segpipe onboard` options (e.g. --labels ... --copy), "
+                    "checked and applied to onboarding")
     ru.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the stages on the example data shipped with segpipe")
@@ -337,18 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(d)
     d.set_defaults(func=cmd_demo)
     return p
-
-
-def _os_error_advice(e: OSError) -> tuple[str, str]:
-    """A user-facing description and fix for operating-system errors while reading or writing artifacts."""
-    import errno
-
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ("no space left on the device (nothing partial was kept: artifacts are written to a temporary "
-                "file and renamed)", "free disk space or choose another --workspace, then re-run the command")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"cannot write here ({e.strerror})", "make the workspace writable or choose another --workspace")
-    return (f"{e.strerror or e}", "check the path and permissions, then re-run the command")
 
 
 def setup_logging(debug: bool, quiet: bool) -> None:
@@ -371,13 +424,15 @@ def main(argv: list[str] | None = None) -> int:
     except SegpipeError as e:
         if args.debug:
             log.exception("stopped")
+            for p in e.problems:
+                if p.detail:
+                    print(f"[{p.case or ''}] {p.detail}", file=sys.stderr)
         print(f"segpipe {args.stage}: {e.format()}", file=sys.stderr)
         return 2
     except OSError as e:
         if args.debug:
             raise
-        problem, fix = _os_error_advice(e)
-        print(f"segpipe {args.stage}: [error] file {e.filename or '?'}: {problem}\n    fix: {fix}", file=sys.stderr)
+        print(f"segpipe {args.stage}: {SegpipeError(os_error_problem(e)).format()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"segpipe {args.stage}: interrupted; re-run the same command to continue", file=sys.stderr)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
+from segpipe.dataset.formats.common import OnboardOptions
+from segpipe.dataset.onboard import load_dataset, onboard
 from segpipe.evaluation.selection import format_selection, run_select
 from segpipe.fingerprint.run import run_fingerprint
 from segpipe.io.jsonio import read_json
@@ -21,33 +24,56 @@ log = logging.getLogger(__name__)
 def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None = None,
             folds: list[int] | None = None, budget: str | None = None, epochs: int | None = None,
             iterations_per_epoch: int = 250, workers: int = 1, device: str = "auto", batch_size: int | None = None,
-            onboard_args: list[str] | None = None) -> int:
+            onboard_args: list[str] | None = None, options: OnboardOptions | None = None, copy: bool = False,
+            allow_external_links: bool = False, force_onboard: bool = False,
+            echo: Callable[[str], None] = print) -> int:
     """Onboard ``source``, fingerprint, plan, preprocess and train every fold of every configuration, then
-    select the best configuration/ensemble and post-processing; prints the cross-validation Dice."""
-    from segpipe.cli import main as cli_main
+    select the best configuration/ensemble and post-processing (``selection.json``). Returns 0.
 
-    code = cli_main(["onboard", str(source), "--name", name, "--workspace", str(root), "--workers", str(workers),
-                     *(onboard_args or [])])
-    if code:
-        return code
-    ws = Workspace(root, name)
+    Stages are called as functions (never through the command line), so logging settings hold throughout.
+    Onboarding takes ``options`` (default: only the name), or ``onboard_args``, the arguments of ``segpipe
+    onboard`` (e.g. ``["--labels", "background=0", "tumour=1", "--force"]``). ``folds`` default to every fold of
+    splits.json (5, fewer for data sets of fewer cases). The results the user asked for (the plans and the
+    selection) go to ``echo`` (standard output by default, like the single stages' results); progress is logged.
+    """
+    if onboard_args:
+        from segpipe.cli import parse_onboard_args
+
+        options, copy, allow_external_links, force_onboard = parse_onboard_args(source, name, onboard_args)
+    options = options or OnboardOptions(name=name)
+    options.name = name
+    ws, spec, warnings, skipped = onboard(source, root, options, copy=copy, workers=workers, force=force_onboard,
+                                          allow_external_links=allow_external_links)
+    for w in warnings:
+        log.warning(w.format())
+    log.info("%s: %s: %d cases -> %s", name, "unchanged, skipped" if skipped else "onboarded", len(spec.cases),
+             ws.dir)
     run_fingerprint(ws, workers=workers)
     plans, _ = run_plan(ws)
-    print(summarize(plans))
+    echo(summarize(plans))
     configs = configs or list(plans["configurations"])
     settings = TrainSettings(epochs=epochs, iterations_per_epoch=iterations_per_epoch,
                              budget_s=parse_duration(budget) if budget else None, device=device,
                              workers=min(workers, 2), batch_size=batch_size)
+    fold_list = [str(f) for f in folds] if folds is not None else fold_names(ws)
     for config in configs:
         run_preprocess(ws, config, workers=workers)
-        for fold in folds if folds is not None else range(5):
-            res = run_train(ws, config, str(fold), settings)
+        for fold in fold_list:
+            res = run_train(ws, config, fold, settings)
             v = res["validation"]
             if v:
                 log.info("%s fold %s: validation Dice %.4f", config, fold, v["foreground_mean_dice"])
-    selection = run_select(ws, configs)
-    print(format_selection(selection))
+    echo(format_selection(run_select(ws, configs)))
     return 0
+
+
+def fold_names(ws: Workspace) -> list[str]:
+    """The folds of the workspace's splits.json ("0", "1", ...), creating splits.json on first use: 5 folds,
+    fewer when the data set has fewer cases (or subjects)."""
+    from segpipe.training.run import load_splits
+
+    spec = load_dataset(ws)
+    return [str(k) for k in range(len(load_splits(ws, [c.id for c in spec.cases])))]
 
 
 def cross_validation_dice(ws: Workspace) -> float:

@@ -41,17 +41,21 @@ def relative_path_problem(rel: str) -> str | None:
 class CaseEntry:
     """One case. ``images`` has one path per channel, or a single multi-channel (4D) file when the dataset
     has ``channels_in_file``. ``spacing`` overrides the files' spacing (array axis order, mm), for formats that
-    carry none (PNG)."""
+    carry none (PNG). ``subject`` names the person the scan belongs to (``--subject-csv``/``--subject-pattern``):
+    cross-validation keeps all cases of one subject in the same fold; None when not given."""
 
     id: str
     images: list[str]
     label: str | None = None
     spacing: list[float] | None = None
+    subject: str | None = None
 
     def to_dict(self) -> dict:
         d = {"id": self.id, "images": list(self.images), "label": self.label}
         if self.spacing is not None:
             d["spacing"] = list(self.spacing)
+        if self.subject is not None:
+            d["subject"] = self.subject
         return d
 
 
@@ -80,6 +84,11 @@ class DatasetSpec:
     def n_classes(self) -> int:
         """Number of output classes including background."""
         return len(self.labels)
+
+    @property
+    def subjects(self) -> dict[str, str]:
+        """Case id -> subject, for the cases that have one (empty when no grouping was given)."""
+        return {c.id: c.subject for c in self.cases if c.subject is not None}
 
     def case(self, case_id: str) -> CaseEntry:
         for c in self.cases:
@@ -125,7 +134,12 @@ class DatasetSpec:
                 why = why or relative_path_problem(str(rel))
             if why:
                 raise fail(why, "re-run `segpipe onboard --force` on the original folder", file=file)
-            entries.append(CaseEntry(c["id"], [str(i) for i in c["images"]], c.get("label"), c.get("spacing")))
+            subject = c.get("subject")
+            if subject is not None and not isinstance(subject, str):
+                raise fail(f"case '{c['id']}' has a subject {subject!r} that is not a string",
+                           "re-run `segpipe onboard --force`", file=file)
+            entries.append(CaseEntry(c["id"], [str(i) for i in c["images"]], c.get("label"), c.get("spacing"),
+                                     subject))
         return cls(name=name, source=source, format=fmt, channels={str(k): str(v) for k, v in channels.items()},
                    labels={str(k): int(v) for k, v in labels.items()}, file_ending=ending, cases=entries,
                    channels_in_file=bool(d.get("channels_in_file", False)),

@@ -13,11 +13,13 @@ from pathlib import Path
 from segpipe.dataset.formats import discover
 from segpipe.dataset.formats.common import OnboardOptions
 from segpipe.dataset.model import DatasetSpec, case_id_problem
+from segpipe.dataset.subjects import assign_subjects
 from segpipe.dataset.validate import validate_dataset
 from segpipe.errors import Problem, SegpipeError, fail
-from segpipe.io.atomic import atomic_path
+from segpipe.io.atomic import _tmp_name, remove_stale_temporaries, replace_tree, verification_failed
 from segpipe.io.images import ENDINGS_2D
-from segpipe.io.jsonio import read_json, write_json
+from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
+from segpipe.locking import stage_lock
 from segpipe.records import input_state, up_to_date, write_record
 from segpipe.workspace import Workspace
 
@@ -59,11 +61,13 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
     if why:
         raise fail(f"unsafe dataset name: {why.replace('case id', 'name')}", "use letters, digits, '_', '-' only")
     ws = Workspace(workspace_root, options.name)
+    refuse_if_newer(ws.dataset_json, writing=True)  # before any work, --force or not
     real_src = src.resolve()
     if ws.root.resolve() == real_src or real_src in ws.root.resolve().parents:
         raise fail("the workspace lies inside the data folder; segpipe never writes into the user's folder",
                    "choose a --workspace outside the data folder", file=ws.root)
     spec, problems = discover(src, options)
+    problems += assign_subjects(spec.cases, options)
     if spec.file_ending in ENDINGS_2D and spec.label_value_map is None and 255 not in spec.labels.values():
         spec.label_value_map = {"255": 1}
     spec.raw_mode = "copy" if copy else "link"
@@ -71,7 +75,8 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
     files = [src / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
     settings = {"options": {k: str(v) for k, v in vars(options).items()}, "copy": copy, "source": str(src),
                 "allow_external_links": allow_external_links}
-    inputs = input_state([], [f for f in files if f.is_file()])
+    csvs = [Path(c) for c in (options.spacing_csv, options.subject_csv) if c is not None]
+    inputs = input_state([], [f for f in files + csvs if f.is_file()])
     if not force and ws.dataset_json.is_file():
         old = read_json(ws.dataset_json, kind="dataset")
         if old.get("source") != str(src):
@@ -79,8 +84,12 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
                        "choose another --name, or pass --force to replace it", file=ws.dataset_json)
         if not any(p.severity == "error" for p in problems) and up_to_date(ws, "onboard", inputs, settings,
                                                                            [ws.dataset_json]):
-            log.info("onboard: inputs unchanged since the last run; skipping (use --force to redo)")
-            return ws, load_dataset(ws), [], True
+            current = load_dataset(ws)
+            if raw_is_complete(ws, current):
+                log.info("onboard: inputs unchanged since the last run; skipping (use --force to redo)")
+                return ws, current, [], True
+            log.warning("onboard: the workspace's raw/ folder is missing files (an interrupted run?); "
+                        "onboarding again")
     problems, reports = validate_dataset(spec, src, workers=workers, extra_problems=problems)
     found = {int(v) for r in reports for v in r.label_values}
     if not any(p.severity == "error" for p in problems):
@@ -92,26 +101,44 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
     ndims = {r.ndim for r in reports if r.ndim}
     spec.notes = [f"{len(spec.cases)} cases, {ndims.pop() if len(ndims) == 1 else '?'}D, "
                   f"channels {list(spec.channels.values())}, labels {spec.labels}"]
-    _write(ws, spec, src, copy)
-    write_record(ws, "onboard", inputs, settings, [ws.dataset_json])
+    ws.dir.mkdir(parents=True, exist_ok=True)
+    with stage_lock(ws.dir, "onboard", exclusive=True):
+        _write(ws, spec, src, copy)
+        write_record(ws, "onboard", inputs, settings, [ws.dataset_json])
     return ws, spec, warnings, False
 
 
 def _write(ws: Workspace, spec: DatasetSpec, src: Path, copy: bool) -> None:
+    """Write ``raw/`` (a link to ``src``, or with ``copy`` a copy of the case files) and dataset.json.
+
+    The new ``raw/`` is built completely beside the old one and only then swapped in (atomically on Linux);
+    the old one is deleted after that. A run killed at any point leaves a usable ``raw/`` behind.
+    """
     ws.dir.mkdir(parents=True, exist_ok=True)
-    if ws.raw.is_symlink() or ws.raw.is_file():
-        ws.raw.unlink()
-    elif ws.raw.is_dir():
-        shutil.rmtree(ws.raw)
-    if copy:
-        spec.allow_external_links = False  # the copies are real files inside raw/
-        with atomic_path(ws.raw) as tmp:
+    remove_stale_temporaries(ws.dir)
+    new = _tmp_name(ws.raw)
+    try:
+        if copy:
+            spec.allow_external_links = False  # the copies are real files inside raw/
             for c in spec.cases:
                 for rel in c.images + ([c.label] if c.label else []):
-                    dst = tmp / rel
+                    dst = new / rel
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src / rel, dst)
-    else:
-        with atomic_path(ws.raw) as tmp:
-            os.symlink(src, tmp, target_is_directory=True)
+                    if dst.stat().st_size != (src / rel).stat().st_size:
+                        raise verification_failed(dst, f"copy of {src / rel} is incomplete")
+        else:
+            os.symlink(src, new, target_is_directory=True)
+        replace_tree(new, ws.raw)
+    except BaseException:
+        if new.is_symlink() or new.is_file():
+            new.unlink()
+        elif new.is_dir():
+            shutil.rmtree(new, ignore_errors=True)
+        raise
     write_json(ws.dataset_json, spec.to_dict(), kind="dataset")
+
+
+def raw_is_complete(ws: Workspace, spec: DatasetSpec) -> bool:
+    """True when every case file of ``spec`` is present under the workspace's ``raw/``."""
+    return all((ws.raw / f).is_file() for c in spec.cases for f in c.images + ([c.label] if c.label else []))

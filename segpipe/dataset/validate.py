@@ -1,8 +1,9 @@
 """Validation of a dataset before anything is written: every problem of every case, reported at once.
 
 Checks per case: files readable, channel count, dimensionality, image/label geometry (shape exact; spacing,
-origin and direction within tolerance), NaN/Inf intensities, integer label values that are declared, empty
-label maps (warning). Checks across cases: duplicate or unsafe ids, consistent dimensionality.
+origin and direction within tolerance), NaN/Inf intensities, integer label values that are declared and fit the
+int8 label storage (0..127), single-valued (not colour) label maps, empty label maps (warning). Checks across
+cases: duplicate or unsafe ids, consistent dimensionality.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from segpipe.io.images import Geometry, read_image
 from segpipe.parallel import map_cases
 
 log = logging.getLogger(__name__)
+
+# Preprocessing stores label maps as int8 (segpipe/preprocessing/case.py): larger values cannot be kept.
+MAX_LABEL_VALUE = int(np.iinfo(np.int8).max)
+LABEL_RANGE_FIX = (f"renumber the classes to consecutive values 0, 1, 2, ... (at most {MAX_LABEL_VALUE} foreground "
+                   "classes; store a 0/255 mask as 0/1)")
 
 
 @dataclass
@@ -116,6 +122,11 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
     if lab is None:
         return rep
     if lgeo.extra.get("components", 1) > 1:
+        if not np.all(lab == lab[:1]):
+            P.append(Problem(f"colour label map with {lab.shape[0]} differing components, expected one class value "
+                             "per pixel", "store the label map as a single-channel (grayscale) image of class values",
+                             str(lpath), case.id))
+            return rep
         lab = lab[0]
     if case.spacing is not None:
         lgeo = lgeo.with_spacing(tuple(case.spacing))
@@ -139,9 +150,13 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
             return rep
     values = np.unique(lab)
     rep.label_values = [float(v) for v in values]
+    too_large = [int(v) for v in rep.label_values if v > MAX_LABEL_VALUE]
+    if too_large:
+        P.append(Problem(f"label value(s) {too_large[:10]} exceed {MAX_LABEL_VALUE}, the largest class value segpipe "
+                         "can store (labels are kept as 8-bit integers)", LABEL_RANGE_FIX, str(lpath), case.id))
     if spec.labels:
         declared = set(spec.labels.values())
-        undeclared = [v for v in rep.label_values if int(v) not in declared]
+        undeclared = [v for v in rep.label_values if int(v) not in declared and v <= MAX_LABEL_VALUE]
         if undeclared:
             P.append(Problem(f"label values {[int(v) for v in undeclared]} are not declared; declared: "
                              f"{sorted(declared)}", "declare them in the labels (dataset.json or --labels) or fix "
@@ -152,6 +167,18 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
     return rep
 
 
+def declared_label_problems(spec: DatasetSpec) -> list[Problem]:
+    """Declared label values that preprocessing could not store (above :data:`MAX_LABEL_VALUE`)."""
+    too_large = {name: v for name, v in spec.labels.items() if v > MAX_LABEL_VALUE}
+    if not too_large:
+        return []
+    dj = Path(spec.source) / "dataset.json"
+    where = str(dj) if spec.format in ("msd", "nnunet") and dj.is_file() else spec.source
+    return [Problem(f"label value(s) {too_large} declared (dataset.json or --labels) exceed {MAX_LABEL_VALUE}, the "
+                    "largest class value segpipe can store (labels are kept as 8-bit integers)", LABEL_RANGE_FIX,
+                    where)]
+
+
 def _validate_one(args) -> CaseReport:
     return validate_case(*args)
 
@@ -159,7 +186,7 @@ def _validate_one(args) -> CaseReport:
 def validate_dataset(spec: DatasetSpec, raw_root: Path, workers: int = 1, require_label: bool = True,
                      extra_problems: list[Problem] | None = None) -> tuple[list[Problem], list[CaseReport]]:
     """Validate all cases (in ``workers`` processes). Returns (problems incl. warnings, per-case reports)."""
-    problems: list[Problem] = list(extra_problems or [])
+    problems: list[Problem] = list(extra_problems or []) + declared_label_problems(spec)
     if not spec.cases:
         problems.append(Problem("no cases found", "check the folder and the file patterns", spec.source))
         return problems, []
@@ -180,7 +207,8 @@ def validate_dataset(spec: DatasetSpec, raw_root: Path, workers: int = 1, requir
             safe_cases.append(c)
     expect_ndim = 2 if spec.file_ending.lower() in (".png", ".bmp", ".jpg", ".jpeg") else None
     args = [(spec, raw_root, c, expect_ndim, require_label) for c in safe_cases]
-    reports = map_cases(_validate_one, args, workers if len(args) > 8 else 1, "validate")
+    reports = map_cases(_validate_one, args, workers if len(args) > 8 else 1, "validate",
+                        cases=[c.id for c in safe_cases])
     ndims = Counter(r.ndim for r in reports if r.ndim is not None)
     if len(ndims) > 1:
         major = ndims.most_common(1)[0][0]

@@ -19,7 +19,9 @@ from segpipe.evaluation.metrics import mean_dice_per_class
 from segpipe.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
 from segpipe.inference.export import probabilities_path
 from segpipe.io.images import read_image
+from segpipe.locking import locked
 from segpipe.io.jsonio import read_json, write_json
+from segpipe.records import input_state, up_to_date, write_record
 from segpipe.training.run import load_splits
 from segpipe.workspace import Workspace
 
@@ -49,7 +51,17 @@ def _dice_table(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[str, in
     return {"dice": per_class, "foreground_mean_dice": float(np.nanmean(list(per_class.values())))}
 
 
-def run_select(ws: Workspace, configs: list[str] | None = None) -> dict:
+def _select_inputs(ws: Workspace, spec, done: dict[str, dict[str, Path]]) -> dict[str, str]:
+    """What a selection depends on: dataset, splits, reference labels and every fold's validation exports."""
+    files = [f for cv in done.values() for f in cv.values()]
+    files += [probabilities_path(f) for f in files if probabilities_path(f).is_file()]
+    raw = [ws.raw / c.label for c in spec.cases if c.label]
+    return input_state([ws.dataset_json, ws.splits_json], sorted(files) + raw)
+
+
+@locked("select", exclusive=False, own=lambda *a, **k: "select")
+def run_select(ws: Workspace, configs: list[str] | None = None, force: bool = False) -> dict:
+    """Choose the best configuration/ensemble and post-processing; skipped when its inputs did not change."""
     spec = load_dataset(ws)
     plans = read_json(ws.plans_json, kind="plans")
     n_folds = len(load_splits(ws, [c.id for c in spec.cases]))
@@ -61,6 +73,10 @@ def run_select(ws: Workspace, configs: list[str] | None = None) -> dict:
                    "train every fold first: segpipe train --config C --fold each", file=ws.dir / "results")
     for c in set(names) - set(done):
         log.warning("%s skipped: not every fold is trained and validated", c)
+    inputs, settings = _select_inputs(ws, spec, done), {"configs": sorted(names), "n_folds": n_folds}
+    if not force and up_to_date(ws, "select", inputs, settings, [selection_path(ws)]):
+        log.info("select: cross-validation results unchanged; skipping")
+        return read_json(selection_path(ws), kind="selection")
     refs = {c.id: np.rint(read_label(spec, ws.raw, c)[0]).astype(np.int16) for c in spec.cases}
     labels = spec.labels
     candidates: dict[str, dict] = {}
@@ -88,6 +104,7 @@ def run_select(ws: Workspace, configs: list[str] | None = None) -> dict:
                  "postprocessing": {"foreground": pp["foreground"], "classes": pp["classes"]},
                  "cv_dice_before_postprocessing": candidates[best], "cv_dice": final}
     write_json(selection_path(ws), selection, kind="selection")
+    write_record(ws, "select", inputs, settings, [selection_path(ws)])
     return selection
 
 

@@ -5,8 +5,10 @@ import logging
 from pathlib import Path
 
 from segpipe.dataset.onboard import load_dataset
+from segpipe import records
 from segpipe.errors import fail
 from segpipe.inference.predict import load_model, predict_folder
+from segpipe.locking import locked
 from segpipe.io.jsonio import read_json
 from segpipe.planning.run import get_configuration
 from segpipe.devices import autocast_dtype, pick_device
@@ -22,11 +24,20 @@ def trained_folds(ws: Workspace, config: str, checkpoint: str = "final") -> list
     return sorted(p.name[len("fold_"):] for p in root.glob("fold_*") if (p / f"checkpoint_{checkpoint}.pt").is_file())
 
 
+def _output_lock(ws: Workspace, input_dir: Path, output_dir: Path, *args, **kwargs) -> str:
+    return "predict-" + records.output_stage(ws, "predict", Path(output_dir))
+
+
+@locked("predict", exclusive=False, own=_output_lock)
 def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[str] | None = None,
                 folds: list[str] | None = None, best: bool = False, mirror: bool = True,
                 save_probabilities: bool = False, checkpoint: str = "final", device: str = "auto",
                 workers: int = 1, pixel_spacing: float | None = None,
-                precision: str = "auto") -> tuple[list[str], str]:
+                precision: str = "auto", spacing_csv: Path | None = None) -> tuple[list[str], str]:
+    """Predict ``input_dir`` into ``output_dir`` with the chosen models; returns (written files, description).
+
+    2D inputs (PNG, ...) need their pixel size (mm): ``pixel_spacing`` for all, or ``spacing_csv`` per file.
+    """
     spec = load_dataset(ws)
     plans = read_json(ws.plans_json, kind="plans")
     postprocess = None
@@ -48,11 +59,45 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
                        file=ws.dir / "results" / c)
         models.append(load_model(ws.dir / "results", c, cfg, fs, spec.n_channels,
                                  spec.n_classes, dev, checkpoint))
+        _check_folds_plan(ws, c, cfg, fs)  # after load_model, which names a changed network more precisely
     desc = " + ".join(f"{m.config_name} (folds {', '.join(str(f) for f in (folds or trained_folds(ws, m.config_name, checkpoint)))})"
                       for m in models)
     if postprocess and (postprocess.get("foreground") or postprocess.get("classes")):
         desc += f", post-processing {postprocess}"
     written = predict_folder(spec, models, input_dir, output_dir, dev, mirror=mirror,
                              save_probabilities=save_probabilities, postprocess=postprocess, workers=workers,
-                             pixel_spacing=pixel_spacing, amp_dtype=autocast_dtype(dev, precision))
+                             pixel_spacing=pixel_spacing, amp_dtype=autocast_dtype(dev, precision),
+                             spacing_csv=spacing_csv)
+    _write_predict_record(ws, input_dir, output_dir, models, written,
+                          {"configs": [m.config_name for m in models], "folds": folds, "checkpoint": checkpoint,
+                           "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing})
     return written, desc
+
+
+def _check_folds_plan(ws: Workspace, config: str, cfg: dict, folds: list[str]) -> None:
+    """Refuse folds trained with another plan configuration than the current plans.json entry."""
+    current = records.config_hash(cfg)
+    for f in folds:
+        fold_dir = ws.results(config, f)
+        origin = records.read_fold_origin(fold_dir)
+        if origin is None:
+            log.debug("fold %s of %s has no %s (trained by an older segpipe); plan not checked", f, config,
+                      records.TRAIN_ORIGIN)
+        elif origin.get("plan_hash") != current:
+            raise fail(f"fold {f} of {config} was trained with another plan: the plan configuration in "
+                       "plans.json changed since", f"retrain it (segpipe train --config {config} --fold {f} "
+                       "--force), or restore the plans.json it was trained with",
+                       file=fold_dir / records.TRAIN_ORIGIN)
+
+
+def _write_predict_record(ws: Workspace, input_dir: Path, output_dir: Path, models: list, written: list[str],
+                          settings: dict) -> None:
+    """Provenance of a prediction in the workspace's records/ (never in the user's output folder)."""
+    input_dir, output_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
+    inputs = records.input_state([], sorted(p for p in input_dir.iterdir() if p.is_file()))
+    for m in models:
+        inputs["plan:" + m.config_name] = records.config_hash(m.config)
+        ck = f"checkpoint_{settings['checkpoint']}.pt"
+        inputs.update(records.input_state([], sorted(ws.dir.glob(f"results/{m.config_name}/fold_*/{ck}"))))
+    records.write_output_record(ws, "predict", output_dir, inputs, settings, [Path(w) for w in written],
+                                info={"input": str(input_dir)})

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from pathlib import Path
 
 from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import did_you_mean, fail
-from segpipe.io.jsonio import read_json, write_json
+from segpipe.locking import locked
+from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
 from segpipe.planning import constants as C
 from segpipe.planning.planner import plan_dataset
 from segpipe.records import input_state, up_to_date, write_record
@@ -15,25 +18,71 @@ from segpipe.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
+@locked("plan", exclusive=True)
 def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None, patch_size=None,
              batch_size=None, config: str | None = None, network: str = "plain",
              force: bool = False) -> tuple[dict, bool]:
     """Plan ``ws``'s dataset. Returns (plans, skipped)."""
     from segpipe.networks import resolve_network_name
 
+    check_overrides(memory_gb, spacing, patch_size, batch_size)
     network = resolve_network_name(network)
     spec = load_dataset(ws)
     fingerprint = read_json(ws.fingerprint_json, kind="fingerprint")
+    check_override_axes(fingerprint.get("ndim"), spacing, patch_size, config, ws.fingerprint_json)
     settings = {"memory_gb": memory_gb, "spacing": spacing, "patch_size": patch_size, "batch_size": batch_size,
                 "config": config, "network": network}
     inputs = input_state([ws.dataset_json, ws.fingerprint_json])
     if not force and up_to_date(ws, "plan", inputs, settings, [ws.plans_json]):
         log.info("plan: inputs unchanged; skipping (use --force to redo)")
         return read_json(ws.plans_json, kind="plans"), True
+    for path in (ws.plans_json, ws.record("plan")):  # before planning: never overwrite a newer segpipe's work
+        refuse_if_newer(path, writing=True)
     plans = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
     write_json(ws.plans_json, plans, kind="plans")
     write_record(ws, "plan", inputs, settings, [ws.plans_json])
     return plans, False
+
+
+def check_overrides(memory_gb, spacing=None, patch_size=None, batch_size=None) -> None:
+    """Refuse overrides that cannot work (zero, negative, NaN, wrong type), before anything is read or written."""
+    if not _positive_number(memory_gb):
+        raise fail(f"--memory-gb {memory_gb} is not a positive number of gigabytes",
+                   "give the training device's memory, e.g. --memory-gb 8 (or leave it out)")
+    if spacing is not None:
+        if not len(spacing) or not all(_positive_number(s) for s in spacing):
+            raise fail(f"--spacing {list(spacing)} must be positive, finite millimetres per axis",
+                       "give e.g. --spacing 3 0.8 0.8 (z y x), or leave it out to use the data set's median")
+    if patch_size is not None:
+        if not len(patch_size) or not all(_positive_int(p) for p in patch_size):
+            raise fail(f"--patch-size {list(patch_size)} must be whole numbers >= 1 per axis",
+                       "give e.g. --patch-size 64 128 128 (z y x), or leave it out to let the planner choose")
+    if batch_size is not None and not _positive_int(batch_size):
+        raise fail(f"--batch-size {batch_size} must be a whole number >= 1", "give e.g. --batch-size 2, or leave "
+                   "it out to let the planner choose")
+
+
+def check_override_axes(ndim, spacing, patch_size, config: str | None, file: Path) -> None:
+    """Refuse a --spacing or --patch-size with the wrong number of axes for the data and configuration."""
+    if ndim not in (2, 3):
+        return  # a damaged fingerprint is reported by the planner
+    target = config or ("3d_fullres" if ndim == 3 else "2d")
+    want_patch = 2 if target == "2d" else 3
+    if spacing is not None and len(spacing) != ndim:
+        raise fail(f"--spacing has {len(spacing)} value(s) {list(spacing)}, the data set is {ndim}D",
+                   f"give {ndim} values in array axis order ({'z y x' if ndim == 3 else 'y x'})", file=file)
+    if patch_size is not None and len(patch_size) != want_patch:
+        raise fail(f"--patch-size has {len(patch_size)} value(s) {list(patch_size)}, configuration '{target}' "
+                   f"needs {want_patch}", f"give {want_patch} values in array axis order "
+                   f"({'z y x' if want_patch == 3 else 'y x'}), or choose another --config", file=file)
+
+
+def _positive_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
 
 
 def get_configuration(plans: dict, config: str, plans_file: Path) -> dict:

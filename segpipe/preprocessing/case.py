@@ -11,6 +11,7 @@ import numpy as np
 from segpipe.io.images import Geometry
 from segpipe.planning import constants as C
 from segpipe.preprocessing.cropping import bbox_of, crop, nonzero_mask
+from segpipe.preprocessing.memory_check import check_resampled_size
 from segpipe.preprocessing.normalization import normalize
 from segpipe.preprocessing.resampling import new_shape, resample_image, resample_label
 
@@ -54,12 +55,14 @@ def sample_class_locations(seg: np.ndarray, seed: int, n_max: int = MAX_CLASS_LO
 
 def preprocess_case(data: np.ndarray, label: np.ndarray | None, geometry: Geometry, config: dict,
                     config_name: str, seed: int = 0,
-                    case_id: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+                    case_id: str | None = None,
+                    file: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Preprocess one case for ``config`` (``plans["configurations"][config_name]``).
 
     ``data``: ``(c, *raw_spatial)`` float32; ``label``: ``(*raw_spatial)`` int, or None when predicting;
     ``geometry``: the raw image's (spacing including any override). Returns ``(data (c, Z, Y, X) float32,
-    seg (1, Z, Y, X) int8 or None, props)`` with JSON-ready ``props``.
+    seg (1, Z, Y, X) int8 or None, props)`` with JSON-ready ``props``. Resampling that would make an absurdly
+    large array (a wrong spacing) is refused before allocating, naming ``case_id`` and ``file``.
     """
     ndim = len(geometry.shape)
     if data.ndim != ndim + 1:
@@ -85,6 +88,8 @@ def preprocess_case(data: np.ndarray, label: np.ndarray | None, geometry: Geomet
     target = target_spacing_for(config, spacing)
     rs = config.get("resampling", {})
     shape = new_shape(shape_after_crop, spacing, target)
+    check_resampled_size(shape_after_crop, spacing, target, shape, data.shape[0], seg is not None,
+                         case_id=case_id, file=file)
     threshold = rs.get("anisotropy_threshold", C.ANISOTROPY_THRESHOLD)
     axis_order = rs.get("coarse_axis_order", C.COARSE_AXIS_RESAMPLING_ORDER)
     data = resample_image(data, spacing, target, shape=shape, order=rs.get("image_order", C.IMAGE_RESAMPLING_ORDER),

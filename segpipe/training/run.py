@@ -5,8 +5,10 @@ import logging
 import os
 import shutil
 
+from segpipe import records
 from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import fail
+from segpipe.locking import locked
 from segpipe.io.jsonio import read_json, write_json
 from segpipe.planning.run import get_configuration
 from segpipe.training import distributed as dist
@@ -20,16 +22,32 @@ RESULT_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.
 
 
 def load_splits(ws: Workspace, case_ids: list[str], n_folds: int = DEFAULT_FOLDS) -> list[dict]:
-    """splits.json, created on first use (seeded, so it is the same on every machine)."""
+    """splits.json, created on first use (seeded, so it is the same on every machine).
+
+    Cases onboarded with a subject (``--subject-csv``/``--subject-pattern``) are grouped: all cases of a subject
+    land in the same fold. An existing splits.json that separates a subject's cases is refused.
+    """
+    wanted = set(case_ids)
+    groups = ({c.id: c.subject for c in load_dataset(ws).cases if c.subject is not None and c.id in wanted}
+              if ws.dataset_json.is_file() else {})
     if ws.splits_json.is_file():
         splits = read_json(ws.splits_json, kind="splits")["folds"]
         known = {c for f in splits for c in f["val"]}
-        if known != set(case_ids):
+        if known != wanted:
             raise fail("splits.json does not match the data set's cases (cases were added or removed)",
                        "delete splits.json to make new folds (trained folds then no longer match)",
                        file=ws.splits_json)
+        fold_of = {c: k for k, f in enumerate(splits) for c in f["val"]}
+        folds_of_subject: dict[str, set[int]] = {}
+        for cid, subject in groups.items():
+            folds_of_subject.setdefault(subject, set()).add(fold_of[cid])
+        split_subjects = sorted(s for s, ks in folds_of_subject.items() if len(ks) > 1)
+        if split_subjects:
+            raise fail(f"splits.json puts cases of one subject into different folds (subjects {split_subjects[:5]})",
+                       "delete splits.json to make folds that keep each subject together (trained folds then no "
+                       "longer match)", file=ws.splits_json)
         return splits
-    splits = make_splits(case_ids, n_folds)
+    splits = make_splits(case_ids, n_folds, groups=groups or None)
     if dist.world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
         write_json(ws.splits_json, {"folds": splits}, kind="splits")
     return splits
@@ -46,6 +64,12 @@ def fold_cases(ws: Workspace, fold: str, case_ids: list[str]) -> tuple[list[str]
         raise fail(f"unknown fold '{fold}'", f"use 0..{len(splits) - 1} or all") from None
 
 
+def _fold_lock(ws: Workspace, config: str, fold: str, *args, **kwargs) -> str | None:
+    """A fold's own lock (held by the main process only: DDP's other ranks share the dataset lock)."""
+    return f"train-{config}-fold{fold}" if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+@locked("train", exclusive=False, own=_fold_lock)
 def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, trainer: str | None = None,
               resume: bool | None = None, force: bool = False, validate: bool = True) -> dict:
     """Train (or resume) a fold. ``resume=None`` resumes automatically when an unfinished run exists."""
@@ -54,23 +78,25 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     cfg = get_configuration(plans, config, ws.plans_json)
     trainer_cls = get_trainer(trainer or cfg.get("trainer", "default"))
     pre = ws.preprocessed(config)
-    from segpipe.preprocessing.run import list_cases
+    from segpipe.preprocessing.run import check_preprocessed
 
-    done = set(list_cases(pre)) if pre.is_dir() else set()
-    missing = [c.id for c in spec.cases if c.id not in done]
-    if missing:
-        raise fail(f"{len(missing)} case(s) are not preprocessed for {config} (e.g. {missing[:3]})",
-                   f"run `segpipe preprocess --config {config}` first", file=pre)
+    check_preprocessed(pre, [c.id for c in spec.cases], cfg, config)
     train_ids, val_ids = fold_cases(ws, fold, [c.id for c in spec.cases])
     out = ws.results(config, fold)
     final = out / "checkpoint_final.pt"
     latest = out / "checkpoint_latest.pt"
     is_main = int(os.environ.get("RANK", "0")) == 0
+    stage = records.train_stage(config, fold)
+    origin = records.fold_origin(ws, config, cfg)
     if force and out.exists() and is_main:
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "validation", ignore_errors=True)
+        (out / records.TRAIN_ORIGIN).unlink(missing_ok=True)
+        ws.record(stage).unlink(missing_ok=True)
     dist.barrier()
+    if not force and (final.is_file() or latest.is_file()):
+        _check_fold_origin(out, origin, config, fold)
     t = trainer_cls(cfg, spec.n_channels, spec.n_classes, pre, train_ids, val_ids, out, settings, config)
     if final.is_file() and not force:
         log.info("fold %s of %s is already trained (%s); use --force to train again", fold, config, final)
@@ -83,17 +109,51 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         elif latest.is_file():
             raise fail("this fold has an unfinished run", "re-run with --resume to continue it, or --force to "
                        "start over", file=latest)
+        if is_main:
+            records.write_fold_origin(out, origin)
         t.run()
+    rec_inputs = {"plan:" + config: origin["plan_hash"], "preprocess:" + config: str(origin["preprocess_hash"])}
+    if fold != "all" and ws.splits_json.is_file():
+        rec_inputs.update(records.input_state([ws.splits_json]))
+    rec_settings = {"fold": fold, "train": train_ids, "val": val_ids}
     summary = None
+    vsum = out / "validation" / "summary.json"
     if validate and t.is_main and fold != "all":
         from segpipe.training.validation import validate_fold
 
-        vsum = out / "validation" / "summary.json"
-        if vsum.is_file() and final.is_file() and vsum.stat().st_mtime >= final.stat().st_mtime and not force:
+        if not force and vsum.is_file() and final.is_file() and _validation_current(
+                ws, stage, rec_inputs, rec_settings, final, vsum):
             summary = read_json(vsum, kind="validation_summary")
         else:
             summary = validate_fold(t.network, cfg, spec, ws.raw, pre, val_ids, out / "validation", t.device,
                                     amp_dtype=t.amp_dtype)
+    if t.is_main and final.is_file():
+        records.write_record(ws, stage, rec_inputs, rec_settings, [final] + ([vsum] if vsum.is_file() else []),
+                             info={"trainer": trainer or cfg.get("trainer", "default"),
+                                   "settings": {k: v for k, v in vars(settings).items() if k != "extra"}})
     dist.barrier()
     dist.cleanup()
     return {"state": t.state, "validation": summary, "out": str(out)}
+
+
+def _check_fold_origin(out, origin: dict, config: str, fold: str) -> None:
+    """Refuse to reuse or continue a fold trained with another plan entry or other preprocessed data."""
+    old = records.read_fold_origin(out)
+    if old is None:
+        log.warning("fold %s of %s was trained before segpipe recorded the plan it used; cannot check that it "
+                    "matches plans.json (re-run with --force to retrain if the plan changed)", fold, config)
+        return
+    diff = records.origin_differences(old, origin)
+    if diff:
+        raise fail(f"this fold was trained with another plan: the {' and the '.join(diff)} changed since",
+                   f"re-run with --force to retrain (segpipe train --config {config} --fold {fold} --force), or "
+                   "restore the plans.json and preprocessed data it was trained with",
+                   file=out / records.TRAIN_ORIGIN)
+
+
+def _validation_current(ws: Workspace, stage: str, inputs: dict, settings: dict, final, vsum) -> bool:
+    """The fold's validation summary belongs to its final checkpoint: by the train record, or (for folds
+    without one, trained by older versions) by modification time."""
+    if ws.record(stage).is_file():
+        return records.up_to_date(ws, stage, inputs, settings, [final, vsum])
+    return vsum.stat().st_mtime >= final.stat().st_mtime

@@ -55,7 +55,8 @@ def test_predictions_have_input_geometry_and_evaluate_agrees_with_numpy(trained,
         assert set(np.unique(pred)) <= {0, 1, 2}
     capsys.readouterr()
     assert main(["evaluate", "--pred", str(out), "--ref", str(lab), "-w", str(trained)]) == 0
-    summary = read_json(out / "summary.json", kind="evaluation")
+    ev = tmp_path / "pred_evaluation"  # the default output: a new folder beside --pred, never inside it
+    summary = read_json(ev / "summary.json", kind="evaluation")
     for cid in ids:
         p, _ = read_image(out / f"{cid}.nii.gz")
         r, _ = read_image(lab / f"{cid}.nii.gz")
@@ -63,7 +64,7 @@ def test_predictions_have_input_geometry_and_evaluate_agrees_with_numpy(trained,
             inter = np.count_nonzero((p == v) & (r == v))
             expected = 2 * inter / (np.count_nonzero(p == v) + np.count_nonzero(r == v))
             assert summary["cases"][cid][name]["dice"] == pytest.approx(expected)
-    rows = (out / "metrics.csv").read_text().splitlines()
+    rows = (ev / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("case,class,dice") and len(rows) == 1 + 2 * len(ids)
     assert "mean foreground Dice" in capsys.readouterr().out
 

@@ -314,9 +314,24 @@ def test_corpus_has_at_least_25_faults():
     assert len(SCENARIOS) >= 25
 
 
+PARALLEL_STAGES = {"onboard", "fingerprint", "preprocess", "predict", "evaluate"}
+
+
+def with_workers(argv: list[str], workers: str) -> list[str]:
+    """``argv`` run with ``workers`` worker processes (stages that have workers of their own)."""
+    if argv[0] not in PARALLEL_STAGES:
+        return argv
+    if "--workers" in argv:
+        i = argv.index("--workers")
+        return argv[:i + 1] + [workers] + argv[i + 2:]
+    return argv + ["--workers", workers]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_fault(name: str, tmp_path: Path, tiny_ws_template: Path, capsys, monkeypatch):
+def test_fault(name: str, workers: str, tmp_path: Path, tiny_ws_template: Path, capsys, monkeypatch):
     argv, expected, guarded = SCENARIOS[name](tmp_path, tiny_ws_template)
+    argv = with_workers(argv, workers)
     before = tree_state(guarded)
     capsys.readouterr()
     if name == "disk_full":

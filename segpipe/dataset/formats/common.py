@@ -16,6 +16,8 @@ class OnboardOptions:
     ``labels``: name -> value when the folder does not declare them. ``channels``: channel names in order.
     ``image_globs``/``label_glob``: flat layout patterns with one ``*`` standing for the case id.
     ``spacing_csv``/``pixel_spacing``: pixel size (mm) for 2D formats that carry none.
+    ``subject_csv`` (+ ``subject_column``) or ``subject_pattern``: which subject each case belongs to, so that
+    cross-validation keeps a subject's cases in one fold (see :mod:`segpipe.dataset.subjects`).
     """
 
     name: str
@@ -26,6 +28,9 @@ class OnboardOptions:
     label_glob: str | None = None
     spacing_csv: Path | None = None
     pixel_spacing: float | None = None
+    subject_csv: Path | None = None
+    subject_column: str | None = None
+    subject_pattern: str | None = None
 
 
 def visible_files(folder: Path) -> list[Path]:
@@ -40,7 +45,27 @@ def strip_ending(name: str) -> str:
     return name[: -len(end)] if end else name
 
 
+def channel_key_problems(declared: dict, field_name: str, path: Path) -> list[Problem]:
+    """Problems with a dataset.json channel map (``modality``/``channel_names``): its keys must be the channel
+    indices ``"0"``, ``"1"``, ... each once. Empty list when it is fine."""
+    if not declared:
+        return [Problem(f"dataset.json '{field_name}' declares no channel",
+                        f'name the channels, e.g. "{field_name}": {{"0": "CT"}}', str(path))]
+    bad = [k for k in declared if not str(k).strip().isdigit()]
+    if bad:
+        return [Problem(f"dataset.json '{field_name}' key(s) {bad} are not channel numbers",
+                        f'number the channels from 0, e.g. "{field_name}": {{"0": "{declared[bad[0]]}"}} '
+                        "(or give the channel names with --channels)", str(path))]
+    indices = sorted(int(k) for k in declared)
+    if indices != list(range(len(declared))):
+        return [Problem(f"dataset.json '{field_name}' keys {list(declared)} are not the channel numbers "
+                        f"0..{len(declared) - 1}, each once",
+                        "number the channels 0, 1, 2, ... in file order (or give --channels)", str(path))]
+    return []
+
+
 def channels_from(options: OnboardOptions, declared: dict[str, str] | None, n_default: int = 1) -> dict[str, str]:
+    """Channel index (``"0"``, ...) -> name: from ``--channels``, else the checked ``declared`` map, else defaults."""
     if options.channels:
         return {str(i): c for i, c in enumerate(options.channels)}
     if declared:

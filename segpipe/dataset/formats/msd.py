@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segpipe.dataset.formats.common import (OnboardOptions, channels_from, load_user_json, strip_ending,
-                                            visible_files)
+from segpipe.dataset.formats.common import (OnboardOptions, channel_key_problems, channels_from, load_user_json,
+                                            strip_ending, visible_files)
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.errors import Problem
 from segpipe.io.images import file_ending
@@ -31,6 +31,8 @@ def discover_msd(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, li
     cases: list[CaseEntry] = []
     if dj_path.is_file():
         dj, problems = load_user_json(dj_path, (("modality", dict), ("labels", dict), ("training", list)), "MSD")
+        if not problems and not options.channels:
+            problems = channel_key_problems(dj["modality"], "modality", dj_path)
         if problems:
             return _empty(source, options), problems
         declared_channels = {str(k): str(v) for k, v in dj["modality"].items()}

@@ -5,9 +5,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from segpipe.dataset.formats.common import OnboardOptions, channels_from, load_user_json, visible_files
+from segpipe.dataset.formats.common import (OnboardOptions, channel_key_problems, channels_from, load_user_json,
+                                            visible_files)
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.errors import Problem, fail
+from segpipe.io.images import IMAGE_ENDINGS
+
+
+def _ending_problems(ending: str, path: Path) -> list[Problem]:
+    """Problems with dataset.json's ``file_ending`` (must be a supported ending with its leading dot)."""
+    if not ending.startswith("."):
+        return [Problem(f"dataset.json 'file_ending' is '{ending}', without the leading dot",
+                        f'write "file_ending": ".{ending.strip()}"', str(path))]
+    if ending.lower() not in IMAGE_ENDINGS:
+        return [Problem(f"dataset.json 'file_ending' '{ending}' is not a supported image ending",
+                        f"use one of {', '.join(IMAGE_ENDINGS)} (convert the files if needed)", str(path))]
+    return []
 
 
 def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, list[Problem]]:
@@ -17,6 +30,10 @@ def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec,
                    "file_ending) or use --format msd/flat", file=dj_path)
     dj, problems = load_user_json(dj_path, (("channel_names", dict), ("labels", dict), ("file_ending", str)),
                                   "nnU-Net v2")
+    if not problems:
+        problems = _ending_problems(dj["file_ending"], dj_path)
+        if not options.channels:
+            problems += channel_key_problems(dj["channel_names"], "channel_names", dj_path)
     if problems:
         return DatasetSpec(options.name, str(source), "nnunet", {}, {}, ".nii.gz", []), problems
     labels = dict(options.labels)
