@@ -6,9 +6,11 @@ error (traceback with --debug), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from segpipe._version import __version__
@@ -84,11 +86,14 @@ def cmd_fingerprint(a: argparse.Namespace) -> int:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from segpipe.planning.run import run_plan, summarize
+    from segpipe.training.schedule import parse_duration
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
     plans, skipped = run_plan(ws, memory_gb=a.memory_gb, spacing=a.spacing, patch_size=a.patch_size,
-                              batch_size=a.batch_size, config=a.config, network=a.network, force=a.force)
+                              batch_size=a.batch_size, config=a.config, network=a.network, force=a.force,
+                              budget_s=parse_duration(a.budget) if a.budget else None, device=a.device,
+                              precision=a.precision)
     print(summarize(plans, explain=a.explain))
     print(f"{ws.plans_json}: {'unchanged, skipped' if skipped else 'written'}")
     return 0
@@ -96,14 +101,12 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 def cmd_preprocess(a: argparse.Namespace) -> int:
     from segpipe.io.jsonio import read_json
+    from segpipe.planning.run import default_configuration
     from segpipe.preprocessing.run import list_cases, run_preprocess
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
-    config = a.config
-    if config is None:
-        configs = read_json(ws.plans_json, kind="plans").get("configurations", {})
-        config = "3d_fullres" if "3d_fullres" in configs else "2d"
+    config = a.config or default_configuration(read_json(ws.plans_json, kind="plans"))
     n, skipped = run_preprocess(ws, config, workers=a.workers, force=a.force)
     folder = ws.preprocessed(config)
     state = "unchanged, skipped" if skipped else f"{n} case(s) written"
@@ -112,29 +115,34 @@ def cmd_preprocess(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from segpipe.io.jsonio import read_json
+    from segpipe.planning.run import default_configuration
     from segpipe.training.run import run_train
     from segpipe.training.schedule import parse_duration
     from segpipe.training.trainer import TrainSettings
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    config = a.config or default_configuration(read_json(ws.plans_json, kind="plans"))
     settings = TrainSettings(epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch,
                              val_iterations=a.val_iterations,
                              budget_s=parse_duration(a.budget) if a.budget else None, lr=a.lr, seed=a.seed,
                              workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size,
-                             precision=a.precision)
+                             precision=a.precision, started_at=a.started_at).check()
     if a.fold == "each":
         from segpipe.pipeline import fold_names
 
         folds = fold_names(ws)  # the folds of splits.json: 5, fewer for data sets of fewer cases
     else:
         folds = [a.fold]
-    for fold in folds:
-        res = run_train(ws, a.config, fold, settings, trainer=a.trainer,
+    for i, fold in enumerate(folds):
+        if i:  # --budget is per fold: each later fold's budget starts when it starts
+            settings = dataclasses.replace(settings, started_at=None)
+        res = run_train(ws, config, fold, settings, trainer=a.trainer,
                         resume=True if a.resume else (False if a.no_resume else None), force=a.force,
                         validate=not a.no_validation)
         st, v = res["state"], res["validation"]
-        line = (f"{a.config} fold {fold}: {st['epoch']} epochs, {st['iteration']} iterations, "
+        line = (f"{config} fold {fold}: {st['epoch']} epochs, {st['iteration']} iterations, "
                 f"{st['elapsed_s'] / 60:.1f} min -> {res['out']}")
         if v is not None:
             per = ", ".join(f"{k} {m['dice']:.4f}" for k, m in v["mean"].items())
@@ -290,27 +298,32 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", help="configuration the overrides apply to (default: 3d_fullres, or 2d for 2D "
                     "data)")
     pl.add_argument("--network", default="plain", help="network from the registry (default: plain)")
+    pl.add_argument("--budget", help="training time per fold, e.g. 20m: measure this machine and choose the "
+                    "configuration expected to learn most in it (default: nnU-Net's plans, no measurement)")
+    _add_device(pl)
     pl.add_argument("--explain", action="store_true", help="print the reason for every choice")
     pl.add_argument("--force", action="store_true", help="re-run even when the inputs did not change")
     pl.set_defaults(func=cmd_plan)
 
     pp = sub.add_parser("preprocess", help="crop, normalize, resample every case -> preprocessed/<config>/")
     _add_ws(pp)
-    pp.add_argument("--config", help="configuration from plans.json (default: 3d_fullres, or 2d for 2D data)")
+    pp.add_argument("--config", help="configuration from plans.json (default: the plan's choice, see "
+                    "`segpipe plan --explain`)")
     _add_common(pp)
     pp.set_defaults(func=cmd_preprocess)
 
     t = sub.add_parser("train", help="train one fold of a configuration (resumable), then validate it")
     _add_ws(t)
-    t.add_argument("--config", "-c", default="3d_fullres", help="configuration from plans.json (default "
-                   "3d_fullres)")
+    t.add_argument("--config", "-c", help="configuration from plans.json (default: the plan's choice, see "
+                   "`segpipe plan --explain`: 3d_fullres, 2d for 2D data, or what a --budget plan chose)")
     t.add_argument("--fold", "-f", default="0", help="a fold of splits.json (0..4; fewer folds for data sets of "
                    "under 5 cases), 'all' (train on every case) or 'each' (every fold of splits.json in turn)")
     t.add_argument("--epochs", type=int, help="number of epochs (default 1000 unless --budget is given)")
-    t.add_argument("--iterations-per-epoch", type=int, default=250, help="default %(default)s")
+    t.add_argument("--iterations-per-epoch", type=int, help="default 250, or with --budget what fits it")
     t.add_argument("--val-iterations", type=int, help="validation batches per epoch (default: iterations/5, "
                    "2..50)")
-    t.add_argument("--budget", help="wall-clock training budget, e.g. 20m or 1h30m; the learning rate decays over it")
+    t.add_argument("--budget", help="wall-clock budget of the whole command, e.g. 20m or 1h30m: training, per-epoch "
+                   "and final validation fit in it; the learning rate decays over it")
     t.add_argument("--batch-size", type=int, help="override the plan's batch size (e.g. smaller for CPU "
                    "training under a time budget)")
     t.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (default %(default)s)")
@@ -381,12 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("source", help="the folder holding the data")
     ru.add_argument("--name", "-n", required=True)
     ru.add_argument("--workspace", "-w")
-    ru.add_argument("--config", "-c", nargs="+", help="configurations to train (default: all planned)")
+    ru.add_argument("--config", "-c", nargs="+", help="configurations to train (default: with --budget the one "
+                    "the budget plan chose, else all planned)")
     ru.add_argument("--folds", nargs="+", type=int, help="folds to train (default: every fold of splits.json: 5, "
                     "fewer for data sets of under 5 cases)")
-    ru.add_argument("--budget", help="training budget per fold, e.g. 20m")
+    ru.add_argument("--budget", help="time per fold, e.g. 20m: the plan is chosen for it (segpipe plan --budget) "
+                    "and each fold's train command fits in it")
     ru.add_argument("--epochs", type=int)
-    ru.add_argument("--iterations-per-epoch", type=int, default=250)
+    ru.add_argument("--iterations-per-epoch", type=int, help="default 250, or with --budget what fits it")
     ru.add_argument("--batch-size", type=int, help="override the plans' batch sizes for training")
     ru.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ru.add_argument("--workers", type=int, default=_default_workers())
@@ -418,6 +433,7 @@ def setup_logging(debug: bool, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started_at = time.monotonic()  # when this command started: a training --budget covers all of it
     setup_logging(args.debug, args.quiet)
     try:
         return int(args.func(args) or 0)

@@ -11,7 +11,7 @@ from segpipe.dataset.onboard import load_dataset, onboard
 from segpipe.evaluation.selection import format_selection, run_select
 from segpipe.fingerprint.run import run_fingerprint
 from segpipe.io.jsonio import read_json
-from segpipe.planning.run import run_plan, summarize
+from segpipe.planning.run import default_configuration, run_plan, summarize
 from segpipe.preprocessing.run import run_preprocess
 from segpipe.training.run import run_train
 from segpipe.training.schedule import parse_duration
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None = None,
             folds: list[int] | None = None, budget: str | None = None, epochs: int | None = None,
-            iterations_per_epoch: int = 250, workers: int = 1, device: str = "auto", batch_size: int | None = None,
+            iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto", batch_size: int | None = None,
             onboard_args: list[str] | None = None, options: OnboardOptions | None = None, copy: bool = False,
             allow_external_links: bool = False, force_onboard: bool = False,
             echo: Callable[[str], None] = print) -> int:
@@ -49,21 +49,28 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
     log.info("%s: %s: %d cases -> %s", name, "unchanged, skipped" if skipped else "onboarded", len(spec.cases),
              ws.dir)
     run_fingerprint(ws, workers=workers)
-    plans, _ = run_plan(ws)
+    budget_s = parse_duration(budget) if budget else None
+    plans, _ = run_plan(ws, budget_s=budget_s, device=device)
     echo(summarize(plans))
-    configs = configs or list(plans["configurations"])
-    settings = TrainSettings(epochs=epochs, iterations_per_epoch=iterations_per_epoch,
-                             budget_s=parse_duration(budget) if budget else None, device=device,
-                             workers=min(workers, 2), batch_size=batch_size)
-    fold_list = [str(f) for f in folds] if folds is not None else fold_names(ws)
+    # with a budget, the configuration the plan chose for it; without, every planned one (as nnU-Net)
+    configs = configs or ([default_configuration(plans)] if budget_s else list(plans["configurations"]))
+    settings = TrainSettings(epochs=epochs, iterations_per_epoch=iterations_per_epoch, budget_s=budget_s,
+                             device=device, workers=min(workers, 2), batch_size=batch_size)
+    all_folds = fold_names(ws)
+    fold_list = [str(f) for f in folds] if folds is not None else all_folds
     for config in configs:
         run_preprocess(ws, config, workers=workers)
         for fold in fold_list:
             res = run_train(ws, config, fold, settings)
             v = res["validation"]
             if v:
-                log.info("%s fold %s: validation Dice %.4f", config, fold, v["foreground_mean_dice"])
-    echo(format_selection(run_select(ws, configs)))
+                echo(f"{config} fold {fold}: {res['state']['iteration']} iterations, "
+                     f"{res['state']['elapsed_s'] / 60:.1f} min; validation Dice {v['foreground_mean_dice']:.4f}")
+    if set(fold_list) >= set(all_folds):
+        echo(format_selection(run_select(ws, configs)))
+    else:
+        log.info("select skipped: it compares cross-validation over all %d folds; %s trained", len(all_folds),
+                 fold_list)
     return 0
 
 

@@ -10,7 +10,7 @@ from segpipe.errors import fail
 from segpipe.inference.predict import load_model, predict_folder
 from segpipe.locking import locked
 from segpipe.io.jsonio import read_json
-from segpipe.planning.run import get_configuration
+from segpipe.planning.run import default_configuration, get_configuration
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.workspace import Workspace
 
@@ -48,7 +48,7 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
         configs, folds = sel["configs"], [str(f) for f in sel["folds"]]
         postprocess = sel["postprocessing"]
     if not configs:
-        configs = ["3d_fullres" if "3d_fullres" in plans["configurations"] else "2d"]
+        configs = [default_configuration(plans)]
     dev = pick_device(device)
     models = []
     for c in configs:

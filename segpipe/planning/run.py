@@ -21,8 +21,14 @@ log = logging.getLogger(__name__)
 @locked("plan", exclusive=True)
 def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None, patch_size=None,
              batch_size=None, config: str | None = None, network: str = "plain",
-             force: bool = False) -> tuple[dict, bool]:
-    """Plan ``ws``'s dataset. Returns (plans, skipped)."""
+             force: bool = False, budget_s: float | None = None, device: str = "auto",
+             precision: str = "auto") -> tuple[dict, bool]:
+    """Plan ``ws``'s dataset. Returns (plans, skipped).
+
+    With ``budget_s`` (seconds of training per fold), the configuration expected to learn most within it on
+    ``device`` is chosen by measurement (:mod:`segpipe.planning.budget`) and becomes the plan's
+    ``default_configuration``; without, plans are nnU-Net's and the default is 3d_fullres (2d for 2D data).
+    """
     from segpipe.networks import resolve_network_name
 
     check_overrides(memory_gb, spacing, patch_size, batch_size)
@@ -30,8 +36,14 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None
     spec = load_dataset(ws)
     fingerprint = read_json(ws.fingerprint_json, kind="fingerprint")
     check_override_axes(fingerprint.get("ndim"), spacing, patch_size, config, ws.fingerprint_json)
+    if budget_s is not None and not (_positive_number(budget_s)):
+        raise fail(f"--budget {budget_s} s is not a positive duration", "give e.g. --budget 20m")
     settings = {"memory_gb": memory_gb, "spacing": spacing, "patch_size": patch_size, "batch_size": batch_size,
                 "config": config, "network": network}
+    if budget_s is not None:
+        from segpipe.devices import pick_device
+
+        settings.update({"budget_s": budget_s, "device": pick_device(device).type, "precision": precision})
     inputs = input_state([ws.dataset_json, ws.fingerprint_json])
     if not force and up_to_date(ws, "plan", inputs, settings, [ws.plans_json]):
         log.info("plan: inputs unchanged; skipping (use --force to redo)")
@@ -39,6 +51,13 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None
     for path in (ws.plans_json, ws.record("plan")):  # before planning: never overwrite a newer segpipe's work
         refuse_if_newer(path, writing=True)
     plans = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
+    plans["default_configuration"] = "3d_fullres" if "3d_fullres" in plans["configurations"] else "2d"
+    if budget_s is not None:
+        from segpipe.planning.budget import plan_for_budget
+        from segpipe.planning.calibration import Calibration
+
+        calibration = Calibration(ws.dir / "calibration.json", device, precision)
+        plan_for_budget(plans, fingerprint, spec.n_channels, spec.n_classes, budget_s, calibration, network)
     write_json(ws.plans_json, plans, kind="plans")
     write_record(ws, "plan", inputs, settings, [ws.plans_json])
     return plans, False
@@ -85,6 +104,16 @@ def _positive_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
 
 
+def default_configuration(plans: dict) -> str:
+    """The configuration stages use without ``--config``: the plan's choice (the budget's, when planned with
+    one), else 3d_fullres, else 2d."""
+    configs = plans.get("configurations", {})
+    chosen = plans.get("default_configuration")
+    if chosen in configs:
+        return chosen
+    return "3d_fullres" if "3d_fullres" in configs else "2d"
+
+
 def get_configuration(plans: dict, config: str, plans_file: Path) -> dict:
     """The plan entry of ``config``; an unknown name is a user error with a did-you-mean hint."""
     configs = plans.get("configurations", {})
@@ -109,6 +138,18 @@ def summarize(plans: dict, explain: bool = False) -> str:
                 lines.append(f"  {'':11s} why {k}: {v}")
     for n in plans.get("notes", []):
         lines.append(f"  note: {n}")
+    lines.append(f"  default configuration (used without --config): {default_configuration(plans)}")
+    b = plans.get("budget")
+    if b:
+        lines.append(f"  budget {b['budget_s']:.0f} s per fold on {b['machine']['device']} ({b['machine']['name']}, "
+                     f"{b['machine']['threads']} threads): {b['chosen']} because {b['reason']}")
+        if explain:
+            lines.append(f"  {'':11s} rule: {b['rule']}")
+            lines.append(f"  {'':11s} {'candidate':22s} {'fidelity':>8s} {'s/iter':>8s} {'iters':>6s}  patch, batch")
+            for c in b["candidates"]:
+                mark = "" if c["measured"] else " (estimated)"
+                lines.append(f"  {'':11s} {c['name']:22s} {c['fidelity']:8.3f} {c['seconds_per_iteration']:8.3f} "
+                             f"{c['expected_iterations']:6d}  {c['patch_size']}, {c['batch_size']}{mark}")
     return "\n".join(lines)
 
 

@@ -1,9 +1,11 @@
 """``segpipe train``: one fold of one configuration, resumable; final validation at the end."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
+import time
 
 from segpipe import records
 from segpipe.dataset.onboard import load_dataset
@@ -72,7 +74,13 @@ def _fold_lock(ws: Workspace, config: str, fold: str, *args, **kwargs) -> str | 
 @locked("train", exclusive=False, own=_fold_lock)
 def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, trainer: str | None = None,
               resume: bool | None = None, force: bool = False, validate: bool = True) -> dict:
-    """Train (or resume) a fold. ``resume=None`` resumes automatically when an unfinished run exists."""
+    """Train (or resume) a fold. ``resume=None`` resumes automatically when an unfinished run exists.
+
+    A ``settings.budget_s`` covers this call from ``settings.started_at`` (default: now) to the end of the
+    final validation."""
+    settings = dataclasses.replace(settings.check(), final_validation=validate and fold != "all",
+                                   started_at=settings.started_at if settings.started_at is not None
+                                   else time.monotonic())
     spec = load_dataset(ws)
     plans = read_json(ws.plans_json, kind="plans")
     cfg = get_configuration(plans, config, ws.plans_json)
@@ -125,12 +133,14 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
                 ws, stage, rec_inputs, rec_settings, final, vsum):
             summary = read_json(vsum, kind="validation_summary")
         else:
+            schedule = getattr(t, "schedule", None)
             summary = validate_fold(t.network, cfg, spec, ws.raw, pre, val_ids, out / "validation", t.device,
-                                    amp_dtype=t.amp_dtype)
+                                    amp_dtype=t.amp_dtype, mirror=schedule.mirror_final if schedule else True,
+                                    deadline=getattr(t, "deadline", None))
     if t.is_main and final.is_file():
         records.write_record(ws, stage, rec_inputs, rec_settings, [final] + ([vsum] if vsum.is_file() else []),
                              info={"trainer": trainer or cfg.get("trainer", "default"),
-                                   "settings": {k: v for k, v in vars(settings).items() if k != "extra"}})
+                                   "settings": {k: v for k, v in vars(settings).items() if k not in ("extra", "started_at")}})
     dist.barrier()
     dist.cleanup()
     return {"state": t.state, "validation": summary, "out": str(out)}

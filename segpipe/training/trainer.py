@@ -6,6 +6,7 @@ clipping, AMP on CUDA, and after every epoch a pseudo-Dice on validation patches
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,13 +19,16 @@ import torch
 from tqdm import tqdm
 
 from segpipe.devices import autocast_dtype, pick_device
-from segpipe.errors import did_you_mean, fail
+from segpipe.errors import SegpipeError, did_you_mean, fail
 from segpipe.networks import build_network
+from segpipe.progress import Heartbeat
 from segpipe.training import distributed as dist
 from segpipe.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from segpipe.training.data import BatchStream, CaseStore, make_batch, make_loader
 from segpipe.training.logs import plot_progress, write_log
 from segpipe.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
+from segpipe.io.jsonio import read_json
+from segpipe.training.budget import BudgetSchedule, FinalValidationCost, final_validation_cost, plan_budget
 from segpipe.training.schedule import poly_lr, training_progress
 
 log = logging.getLogger(__name__)
@@ -32,14 +36,21 @@ log = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 1000
 DEFAULT_ITERATIONS = 250
 EMA_WEIGHT = 0.9  # pseudo-Dice EMA: ema = 0.9 * ema + 0.1 * new
+PROGRESS_LINE_S = 30.0  # without a terminal, a progress line at least this often
 
 
 @dataclass
 class TrainSettings:
-    """How long and how to train. Without ``epochs`` and ``budget_s``, trains ``DEFAULT_EPOCHS`` epochs."""
+    """How long and how to train. Without ``epochs`` and ``budget_s``, trains ``DEFAULT_EPOCHS`` epochs.
+
+    ``budget_s`` (seconds) covers the whole ``train`` command: start-up, training, per-epoch validation and
+    the final validation (see :mod:`segpipe.training.budget`); ``started_at`` is the ``time.monotonic()`` at
+    which the command started (default: when training starts). ``iterations_per_epoch`` and
+    ``val_iterations`` default to 250 and iterations/5 (2..50), or with a budget to what fits it.
+    """
 
     epochs: int | None = None
-    iterations_per_epoch: int = DEFAULT_ITERATIONS
+    iterations_per_epoch: int | None = None
     val_iterations: int | None = None
     budget_s: float | None = None
     lr: float = 1e-2
@@ -53,17 +64,41 @@ class TrainSettings:
     threads: int | None = None
     batch_size: int | None = None
     precision: str = "auto"
+    final_validation: bool = True
+    started_at: float | None = None
     extra: dict = field(default_factory=dict)
+
+    def check(self) -> "TrainSettings":
+        """Refuse settings that cannot train (a user error naming the option and the fix)."""
+        bad = []
+        if self.budget_s is not None and not (math.isfinite(self.budget_s) and self.budget_s > 0):
+            bad.append(("--budget", f"{self.budget_s} s", "give a positive duration, e.g. 20m"))
+        for name, v in (("--epochs", self.epochs), ("--iterations-per-epoch", self.iterations_per_epoch),
+                        ("--batch-size", self.batch_size)):
+            if v is not None and int(v) < 1:
+                bad.append((name, v, "give a whole number of at least 1"))
+        if self.val_iterations is not None and self.val_iterations < 1:
+            bad.append(("--val-iterations", self.val_iterations, "give at least 1"))
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad.append(("--lr", self.lr, "give a positive learning rate, e.g. 0.01"))
+        if bad:
+            from segpipe.errors import Problem, SegpipeError
+
+            raise SegpipeError([Problem(f"{n} {v} cannot train", fix) for n, v, fix in bad])
+        return self
 
     def resolved_epochs(self) -> int | None:
         if self.epochs is None and self.budget_s is None:
             return DEFAULT_EPOCHS
         return self.epochs
 
+    def resolved_iterations_per_epoch(self) -> int:
+        return int(self.iterations_per_epoch or DEFAULT_ITERATIONS)
+
     def resolved_val_iterations(self) -> int:
         if self.val_iterations is not None:
             return self.val_iterations
-        return int(min(50, max(2, self.iterations_per_epoch // 5)))
+        return int(min(50, max(2, self.resolved_iterations_per_epoch() // 5)))
 
 
 TRAINERS: dict[str, type["Trainer"]] = {}
@@ -166,15 +201,15 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach().item())
 
-    def validate_patches(self, store: CaseStore) -> tuple[float, list[float]]:
-        """Loss and per-class pseudo-Dice on fixed validation patches (no augmentation)."""
+    def validate_patches(self, store: CaseStore, n_batches: int | None = None) -> tuple[float, list[float]]:
+        """Loss and per-class pseudo-Dice on ``n_batches`` fixed validation batches (no augmentation)."""
         self.network.eval()
         n_fg = self.n_classes - 1
         tp = torch.zeros(n_fg, dtype=torch.float64)
         fp, fn = tp.clone(), tp.clone()
         losses = []
         with torch.inference_mode():
-            for v in range(self.settings.resolved_val_iterations()):
+            for v in range(self.settings.resolved_val_iterations() if n_batches is None else n_batches):
                 b = make_batch(store, v, self.settings.seed, self.batch_size, self.patch, augment=False,
                                stream=1 + 2 * self.rank)
                 data = torch.from_numpy(b["data"]).to(self.device)
@@ -198,65 +233,170 @@ class Trainer:
         self.network.train()
         return loss, dice
 
+    def time_forward(self, store: CaseStore) -> float:
+        """Seconds for one forward pass of a validation batch (eval mode, as in validation and inference)."""
+        b = make_batch(store, 0, self.settings.seed, self.batch_size, self.patch, augment=False, stream=1)
+        data = torch.from_numpy(b["data"]).to(self.device)
+        self.network.eval()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            times = []
+            for _ in range(2):  # the first pass includes one-off allocations; the second is the one that counts
+                t = time.monotonic()
+                self.network(data)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.monotonic() - t)
+        self.network.train()
+        return times[-1]
+
+    def final_validation_cost(self, seconds_per_batch: float) -> FinalValidationCost:
+        """Estimated cost of validating this fold's held-out cases (from their preprocessed properties)."""
+        shapes, raw = [], []
+        for cid in self.val_ids:
+            props = read_json(self.preprocessed / f"{cid}.json", kind="case_properties")
+            shapes.append(props["shape_after_resampling"])
+            raw.append(int(np.prod(props["geometry"]["shape"])))
+        return final_validation_cost(shapes, raw, self.patch, self.n_classes, seconds_per_batch / self.batch_size)
+
+    def describe(self, total_iterations: int | None) -> str:
+        s = self.settings
+        length = (f"budget {s.budget_s:.0f} s for the whole command" if s.budget_s is not None else
+                  f"{s.resolved_epochs()} epochs x {s.resolved_iterations_per_epoch()} iterations")
+        if s.budget_s is not None and total_iterations:
+            length += f" (at most {total_iterations} iterations)"
+        return (f"train {self.config_name}: {len(self.train_ids)} training / {len(self.val_ids)} validation cases, "
+                f"patch {self.patch}, batch {self.batch_size}, {self.config['network'].get('name', 'plain')} "
+                f"network {self.config['network']['features_per_stage']}, device {self.device}, precision "
+                f"{self.amp_dtype or torch.float32}, {length}, {s.workers} augmentation worker(s) -> {self.out}")
+
     def run(self) -> dict:
         """Train until the epochs or the budget are used up; returns the final state."""
         s = self.settings
         self.out.mkdir(parents=True, exist_ok=True)
+        started = s.started_at if s.started_at is not None else time.monotonic()
+        spent_before = float(self.state["elapsed_s"])  # budget used by earlier, interrupted runs of this fold
+
+        def spent() -> float:
+            return spent_before + time.monotonic() - started
+
         epochs = s.resolved_epochs()
-        total_iterations = epochs * s.iterations_per_epoch if epochs else None
+        ipe = s.resolved_iterations_per_epoch()
+        val_batches = s.resolved_val_iterations() if s.budget_s is None or s.val_iterations else 1  # budget: sized below
+        total_iterations = epochs * ipe if epochs else None
+        if self.is_main:
+            log.info("%s", self.describe(total_iterations))
         stream = BatchStream(self.preprocessed, self.train_ids, s.seed, self.batch_size, self.patch,
                              augment=self.transforms_enabled(), start=self.state["iteration"], stream=2 * self.rank)
         loader = iter(make_loader(stream, s.workers))
         val_store = CaseStore(self.preprocessed, self.val_ids)
+        self.schedule: BudgetSchedule | None = None
+        seconds_per_val_batch = final = None
+        if s.budget_s is not None:
+            seconds_per_val_batch = self.time_forward(val_store)
+            if s.final_validation and self.val_ids:
+                final = self.final_validation_cost(seconds_per_val_batch)
+        self.deadline = None if s.budget_s is None else started + s.budget_s - spent_before
+        if s.budget_s is not None:  # refuse a budget that cannot hold the final validation before training
+            plan_budget(s.budget_s, spent(), 1e-6, seconds_per_val_batch, final, s.iterations_per_epoch,
+                        s.val_iterations)
+        iteration_times: list[float] = []
+        start_iteration = self.state["iteration"]
         self.network.train()
-        while True:
-            if epochs is not None and self.state["epoch"] >= epochs:
-                break
-            if s.budget_s is not None and dist.any_true(
-                    self.state["elapsed_s"] + self.state["val_seconds"] >= s.budget_s, self.device):
-                break
-            t0 = time.monotonic()
-            losses, lr = [], s.lr
-            bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {self.state['epoch']}", unit="it",
-                       disable=None if self.is_main else True, leave=False)
-            for _ in bar:
-                # with a budget, stop early enough that this epoch's validation still fits in it
-                elapsed = self.state["elapsed_s"] + time.monotonic() - t0 + self.state.get("val_seconds", 0.0)
-                progress = training_progress(self.state["iteration"], total_iterations, elapsed, s.budget_s)
-                if s.budget_s is not None and dist.any_true(progress >= 1.0, self.device):
+
+        def status() -> str:
+            done = self.state["iteration"] - start_iteration
+            rate = done / max(sum(iteration_times), 1e-9)
+            left = (f", budget left {s.budget_s - spent():.0f} s" if s.budget_s is not None else
+                    f", {total_iterations - self.state['iteration']} iterations left" if total_iterations else "")
+            return (f"epoch {self.state['epoch']}, iteration {self.state['iteration']}: loss {last_loss:.4f}, "
+                    f"{rate:.2f} it/s, {spent():.0f} s elapsed{left}")
+
+        last_loss = float("nan")
+        with Heartbeat(status, PROGRESS_LINE_S) if self.is_main else contextlib.nullcontext() as hb:
+            stop = False
+            while not stop:
+                if epochs is not None and self.state["epoch"] >= epochs:
                     break
-                lr = poly_lr(s.lr, progress)
-                losses.append(self.train_step(next(loader), lr))
-                self.state["iteration"] += 1
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            bar.close()
-            train_s = time.monotonic() - t0
-            val_loss, dice = self.validate_patches(val_store)
-            self.state["val_seconds"] = time.monotonic() - t0 - train_s
-            valid = [d for d in dice if not math.isnan(d)]
-            mean_dice = float(np.mean(valid)) if valid else float("nan")
-            ema = self.state["ema_pseudo_dice"]
-            ema = mean_dice if ema is None or math.isnan(ema) else EMA_WEIGHT * ema + (1 - EMA_WEIGHT) * mean_dice
-            self.state["ema_pseudo_dice"] = ema
-            self.state["epoch"] += 1
-            self.state["elapsed_s"] += time.monotonic() - t0
-            entry = {"epoch": self.state["epoch"] - 1, "iterations": len(losses),
-                     "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val_loss,
-                     "pseudo_dice": mean_dice, "pseudo_dice_per_class": dice, "ema_pseudo_dice": ema, "lr": lr,
-                     "train_seconds": round(train_s, 3), "epoch_seconds": round(time.monotonic() - t0, 3),
-                     "elapsed_seconds": round(self.state["elapsed_s"], 3)}
-            self.state["history"].append(entry)
-            best = self.state["best_ema_pseudo_dice"]
-            if not math.isnan(ema) and (best is None or ema > best):
-                self.state["best_ema_pseudo_dice"] = ema
-                self.save("checkpoint_best.pt")
-            self.save("checkpoint_latest.pt")
-            if self.is_main:
-                write_log(self.out / "log.jsonl", self.state["history"])
-                plot_progress(self.out / "progress.png", self.state["history"])
-                log.info("epoch %d: train loss %.4f, val loss %.4f, pseudo Dice %s (EMA %.4f), lr %.5f, %.1f s",
-                         entry["epoch"], entry["train_loss"], val_loss, [round(d, 4) for d in dice], ema, lr,
-                         entry["epoch_seconds"])
+                t0 = time.monotonic()
+                losses, lr = [], s.lr
+                bar = tqdm(total=ipe, desc=f"epoch {self.state['epoch']}", unit="it",
+                           disable=None if self.is_main else True, leave=False)
+                while len(losses) < ipe:
+                    if s.budget_s is not None:
+                        per_iter = float(np.median(iteration_times[1:][-50:])) if len(iteration_times) > 1 else (
+                            iteration_times[0] if iteration_times else 0.0)
+                        if self.schedule is None and len(iteration_times) >= 4:
+                            self.schedule = plan_budget(s.budget_s, spent(), per_iter, seconds_per_val_batch, final,
+                                                        s.iterations_per_epoch, s.val_iterations)
+                            ipe, val_batches = self.schedule.iterations_per_epoch, self.schedule.val_iterations
+                            bar.total = ipe
+                            if self.is_main:
+                                log.info("budget: %s", self.schedule.why)
+                        reserve = self.schedule.reserve_final_s if self.schedule else 0.0
+                        room = s.budget_s - reserve - spent() - val_batches * seconds_per_val_batch
+                        if dist.any_true(room < per_iter, self.device):
+                            stop = True  # the next iteration and this epoch's validation would not fit
+                            break
+                        progress = min(1.0, spent() / max(s.budget_s - reserve, 1e-6))
+                        if total_iterations:
+                            progress = max(progress, self.state["iteration"] / total_iterations)
+                    else:
+                        progress = training_progress(self.state["iteration"], total_iterations, 0.0, None)
+                    lr = poly_lr(s.lr, progress)
+                    ti = time.monotonic()
+                    losses.append(self.train_step(next(loader), lr))
+                    iteration_times.append(time.monotonic() - ti)
+                    self.state["iteration"] += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                    last_loss = losses[-1]
+                bar.close()
+                if not losses:
+                    break
+                train_s = time.monotonic() - t0
+                val_loss, dice = self.validate_patches(val_store, val_batches)
+                val_s = time.monotonic() - t0 - train_s
+                if s.budget_s is not None and seconds_per_val_batch:
+                    seconds_per_val_batch = max(seconds_per_val_batch, val_s / max(1, val_batches))
+                    if self.schedule is not None and len(iteration_times) > 5:  # re-size epochs with what was measured
+                        try:
+                            self.schedule = plan_budget(s.budget_s, spent(), float(np.median(iteration_times[-50:])),
+                                                        seconds_per_val_batch, final, s.iterations_per_epoch,
+                                                        s.val_iterations)
+                            ipe, val_batches = self.schedule.iterations_per_epoch, self.schedule.val_iterations
+                        except SegpipeError:
+                            pass  # nearly spent: keep the sizes; the checks below stop training in time
+                valid = [d for d in dice if not math.isnan(d)]
+                mean_dice = float(np.mean(valid)) if valid else float("nan")
+                ema = self.state["ema_pseudo_dice"]
+                ema = mean_dice if ema is None or math.isnan(ema) else EMA_WEIGHT * ema + (1 - EMA_WEIGHT) * mean_dice
+                self.state["ema_pseudo_dice"] = ema
+                self.state["epoch"] += 1
+                self.state["val_seconds"] = val_s
+                self.state["elapsed_s"] = spent() if s.budget_s is not None else self.state["elapsed_s"] + (
+                    time.monotonic() - t0)
+                entry = {"epoch": self.state["epoch"] - 1, "iterations": len(losses),
+                         "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val_loss,
+                         "pseudo_dice": mean_dice, "pseudo_dice_per_class": dice, "ema_pseudo_dice": ema, "lr": lr,
+                         "train_seconds": round(train_s, 3), "epoch_seconds": round(time.monotonic() - t0, 3),
+                         "elapsed_seconds": round(self.state["elapsed_s"], 3)}
+                self.state["history"].append(entry)
+                best = self.state["best_ema_pseudo_dice"]
+                if not math.isnan(ema) and (best is None or ema > best):
+                    self.state["best_ema_pseudo_dice"] = ema
+                    self.save("checkpoint_best.pt")
+                self.save("checkpoint_latest.pt")
+                if self.is_main:
+                    write_log(self.out / "log.jsonl", self.state["history"])
+                    plot_progress(self.out / "progress.png", self.state["history"])
+                    hb.beat()
+                    log.info("epoch %d: %d iterations, train loss %.4f, val loss %.4f, pseudo Dice %s (EMA %.4f), "
+                             "lr %.5f, %.1f s", entry["epoch"], len(losses), entry["train_loss"], val_loss,
+                             [round(d, 4) for d in dice], ema, lr, entry["epoch_seconds"])
+        if self.state["iteration"] == 0:
+            raise fail("no training iteration fitted in the budget, so no model was written",
+                       "give a larger --budget, or plan a cheaper configuration (segpipe plan --budget ...)",
+                       file=self.out)
         self.save("checkpoint_final.pt")
         dist.barrier()
         return self.state

@@ -3,11 +3,11 @@ to its original geometry (``validation/<case><ending>``), and Dice per case and 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from segpipe.dataset.model import DatasetSpec
 from segpipe.dataset.reading import read_label
@@ -16,6 +16,7 @@ from segpipe.inference.export import export_label_map
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
 from segpipe.io.jsonio import write_json
 from segpipe.preprocessing.run import load_case
+from segpipe.progress import CaseProgress
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,29 @@ def summarize_cases(per_case: dict[str, dict[str, dict]], labels: dict[str, int]
 
 def validate_fold(network: torch.nn.Module, config: dict, spec: DatasetSpec, raw_root: Path, preprocessed: Path,
                   val_ids: list[str], out_dir: Path, device: torch.device, mirror: bool = True,
-                  amp_dtype: torch.dtype | None = None) -> dict:
-    """Predict, export and score each validation case; writes ``out_dir/summary.json`` and returns it."""
+                  amp_dtype: torch.dtype | None = None, deadline: float | None = None) -> dict:
+    """Predict, export and score each validation case; writes ``out_dir/summary.json`` and returns it.
+
+    With a ``deadline`` (``time.monotonic()`` value; a training budget's end), mirroring is dropped for the
+    remaining cases as soon as the cases so far say that it would not fit.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     network.deep_supervision = False
     network.eval()
     patch = config["patch_size"]
     labels = spec.labels
     per_case: dict[str, dict] = {}
-    for cid in tqdm(val_ids, desc="validation", unit="case", disable=None):
+    mirrored: dict[str, bool] = {}
+    t0 = time.monotonic()
+    bar = CaseProgress(len(val_ids), "validation")
+    for i, cid in enumerate(val_ids):
+        if deadline is not None and mirror and i > 0:
+            per = (time.monotonic() - t0) / i
+            if time.monotonic() + per * (len(val_ids) - i) > deadline:
+                mirror = False
+                log.warning("validation: mirroring turned off for the remaining %d case(s) to stay within the "
+                            "budget", len(val_ids) - i)
+        mirrored[cid] = mirror
         data, _, props = load_case(preprocessed, cid)
         probs = predict_sliding_window(network, data, patch, spec.n_classes,
                                        mirror_axes=mirror_axes_for(len(patch)) if mirror else None,
@@ -52,7 +67,10 @@ def validate_fold(network: torch.nn.Module, config: dict, spec: DatasetSpec, raw
         vox = float(np.prod(geo.spacing))
         per_case[cid] = {name: overlap_metrics(pred, np.rint(ref).astype(np.int16), value, vox)
                          for name, value in labels.items() if value > 0}
-    summary = {"cases": per_case, **summarize_cases(per_case, labels), "mirroring": mirror}
+        bar.update(cid)
+    bar.close()
+    summary = {"cases": per_case, **summarize_cases(per_case, labels),
+               "mirroring": all(mirrored.values()) if mirrored else mirror, "mirrored_cases": mirrored}
     write_json(out_dir / "summary.json", summary, kind="validation_summary")
     network.deep_supervision = True
     return summary

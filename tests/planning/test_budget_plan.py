@@ -1,0 +1,115 @@
+"""Planning for a time budget: the candidates, the rule and the record, on a stubbed calibration (seconds per
+iteration proportional to the work), and the configuration stages use without --config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_ws
+from segpipe.cli import main
+from segpipe.io.jsonio import read_json
+from segpipe.planning import budget as B
+from segpipe.planning.run import default_configuration
+
+
+class StubCalibration:
+    """Seconds per iteration = work * rate; counts what was 'measured'."""
+
+    def __init__(self, rate: float):
+        self.rate, self.calls = rate, []
+        self.machine = {"device": "cpu", "name": "stub", "threads": 2, "torch": "x", "precision": "auto"}
+
+    def seconds(self, net, c, k, patch, batch):
+        self.calls.append((tuple(patch), batch))
+        from segpipe.planning.memory import feature_map_voxels
+
+        return self.rate * feature_map_voxels(patch, net["strides"], net["features_per_stage"], k) * batch
+
+    def is_measured(self, net, c, k, patch, batch):
+        return (tuple(patch), batch) in self.calls
+
+    def save(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def hippo_plans(tiny_ws_template: Path, tmp_path_factory):
+    root = copy_ws(tiny_ws_template, tmp_path_factory.mktemp("budget") / "ws")  # never change the template
+    ws = root / "tiny"
+    assert main(["plan", "-w", str(root), "--force"]) == 0  # nnU-Net's plans, not the tiny test plan
+    return read_json(ws / "plans.json", kind="plans"), read_json(ws / "fingerprint.json", kind="fingerprint")
+
+
+def _plan(hippo_plans, rate: float, budget_s: float) -> tuple[dict, StubCalibration]:
+    import copy
+
+    plans, fp = copy.deepcopy(hippo_plans[0]), hippo_plans[1]
+    cal = StubCalibration(rate)
+    return B.plan_for_budget(plans, fp, 1, 3, budget_s, cal), cal
+
+
+def test_a_generous_budget_keeps_nnunets_plan(hippo_plans):
+    plans, cal = _plan(hippo_plans, 1e-10, 3600)
+    assert plans["budget"]["chosen"] == "3d_fullres" == default_configuration(plans)
+    assert "3d_budget" not in plans["configurations"]
+    assert cal.calls  # it measured
+
+
+def test_a_short_budget_on_a_slow_machine_trades_fidelity_for_iterations(hippo_plans):
+    plans, _ = _plan(hippo_plans, 4e-8, 600)  # ~1.5 s/iteration for nnU-Net's plan (batch 2 on 6 cases)
+    b = plans["budget"]
+    chosen = next(c for c in b["candidates"] if c["name"] == b["candidate"])
+    assert chosen["expected_iterations"] >= B.MIN_ITERATIONS
+    nnunet = next(c for c in b["candidates"] if c["name"] == "3d_fullres")
+    assert b["candidate"] != "3d_fullres" and nnunet["expected_iterations"] < B.MIN_ITERATIONS
+    assert all(c["expected_iterations"] < B.MIN_ITERATIONS for c in b["candidates"]
+               if c["fidelity"] > chosen["fidelity"])
+    cfg = plans["configurations"][b["chosen"]]
+    assert cfg["patch_size"] == chosen["patch_size"] and cfg["normalization"] and cfg["resampling"]
+    assert default_configuration(plans) == b["chosen"] and "why" in cfg and "budget" in cfg["why"]
+
+
+def test_when_nothing_reaches_the_minimum_the_most_iterations_win(hippo_plans):
+    plans, _ = _plan(hippo_plans, 1e-6, 120)
+    b = plans["budget"]
+    chosen = next(c for c in b["candidates"] if c["name"] == b["candidate"])
+    assert chosen["expected_iterations"] == max(c["expected_iterations"] for c in b["candidates"])
+    assert "no candidate reaches" in b["reason"]
+
+
+def test_coarser_spacing_grows_the_finest_axes_first():
+    assert B.coarser_spacing([2.5, 0.8, 0.8], 2.0) == [2.5, 1.6, 1.6]
+    assert B.coarser_spacing([1.0, 1.0, 1.0], 1.5) == [1.5, 1.5, 1.5]
+
+
+def test_power_law_estimates_never_assume_big_networks_are_more_efficient():
+    cs = [B.Candidate(str(i), {}, 1.0, w, "") for i, w in enumerate([1e6, 2e6, 8e6])]
+    cs[0].seconds_per_iteration, cs[0].measured = 0.1, True
+    cs[1].seconds_per_iteration, cs[1].measured = 0.15, True  # sub-linear measurements: b is clamped to 1
+    a, b = B.fit_power_law(cs)
+    assert b == 1.0 and cs[2].seconds_per_iteration >= 0.15 * 4 * 0.99
+
+
+def test_plan_budget_from_the_command_line_records_and_explains(tiny_ws_template: Path, tmp_path: Path, capsys):
+    ws = copy_ws(tiny_ws_template, tmp_path / "ws")
+    capsys.readouterr()
+    assert main(["plan", "-w", str(ws), "--budget", "10m", "--device", "cpu", "--explain", "--force"]) == 0
+    out = capsys.readouterr().out
+    plans = read_json(ws / "tiny" / "plans.json", kind="plans")
+    b = plans["budget"]
+    assert b["budget_s"] == 600 and b["machine"]["device"] == "cpu" and b["candidates"]
+    assert any(c["measured"] for c in b["candidates"])
+    assert f"default configuration (used without --config): {b['chosen']}" in out and "s/iter" in out
+    cal = read_json(ws / "tiny" / "calibration.json", kind="calibration")
+    assert cal["machine"] == b["machine"] and cal["seconds_per_iteration"]
+    # the stages use the plan's choice without --config
+    assert main(["preprocess", "-w", str(ws), "--workers", "1"]) == 0
+    assert (ws / "tiny" / "preprocessed" / b["chosen"]).is_dir()
+
+
+def test_without_a_budget_the_default_is_3d_fullres_or_2d():
+    assert default_configuration({"configurations": {"3d_fullres": {}, "2d": {}}}) == "3d_fullres"
+    assert default_configuration({"configurations": {"2d": {}}}) == "2d"
+    assert default_configuration({"configurations": {"2d": {}, "2d_budget": {}},
+                                  "default_configuration": "2d_budget"}) == "2d_budget"
