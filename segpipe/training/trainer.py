@@ -281,7 +281,8 @@ class Trainer:
 
         epochs = s.resolved_epochs()
         ipe = s.resolved_iterations_per_epoch()
-        val_batches = s.resolved_val_iterations() if s.budget_s is None or s.val_iterations else 1  # budget: sized below
+        # with a budget and no --val-iterations, validation batches are sized once iterations have been timed
+        val_batches = s.resolved_val_iterations() if s.budget_s is None or s.val_iterations else 1
         total_iterations = epochs * ipe if epochs else None
         if self.is_main:
             log.info("%s", self.describe(total_iterations))
