@@ -27,6 +27,7 @@ import logging
 import os
 from pathlib import Path
 
+from segpipe.errors import SegpipeError
 from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
 from segpipe.workspace import Workspace
 
@@ -84,7 +85,8 @@ def up_to_date(ws: Workspace, stage: str, inputs: dict[str, str], settings: dict
     refuse_if_newer(path)
     try:
         rec = read_json(path, kind="stage_record")
-    except Exception:  # a damaged record just means: run again
+    except SegpipeError:  # a damaged record (not JSON, not a record) just means: run again
+        log.info("%s: its record %s is damaged; running the stage again", stage, path)
         return False
     if relative_state(ws, rec.get("inputs") or {}) != relative_state(ws, inputs):
         return False

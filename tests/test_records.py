@@ -190,3 +190,12 @@ def test_write_json_refuses_to_replace_a_newer_file(tmp_path: Path):
     path.write_text("not json")  # a damaged file may be replaced
     write_json(path, {"a": 1}, kind="plans")
     assert read_json(path, kind="plans")["a"] == 1
+
+
+def test_a_damaged_record_means_run_again(trained: Path, tmp_path: Path, capsys):
+    ws = copy_ws(trained, tmp_path / "ws")
+    (ws / "tiny" / "records" / "fingerprint.json").write_text("{ damaged")
+    capsys.readouterr()
+    assert main(["fingerprint", "-w", str(ws), "--workers", "1"]) == 0
+    assert "unchanged, skipped" not in capsys.readouterr().out
+    assert read_json(ws / "tiny" / "records" / "fingerprint.json", kind="stage_record")["stage"] == "fingerprint"

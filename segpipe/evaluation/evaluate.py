@@ -224,10 +224,15 @@ def summarize(per_case: dict[str, dict[str, dict]], labels: dict[str, int]) -> d
             continue
         rows = [c[name] for c in per_case.values() if name in c]
         m: dict = {}
+        counted: dict[str, int] = {}
         for key in ("dice", "iou", "precision", "recall", "hd95_mm", "surface_dice"):
             vals = [r[key] for r in rows if key in r and r[key] is not None and not np.isnan(r[key])]
             m[key] = float(np.mean(vals)) if vals else float("nan")
+            counted[key] = len(vals)
         m["n_cases"] = len(rows)
+        # how many cases each mean is over: a case where the structure was missed (or is absent) has no
+        # HD95, so mean HD95 is over fewer cases than mean Dice; the counts say so instead of hiding it
+        m["n_cases_per_metric"] = counted
         m["n_empty_both"] = sum(bool(r.get("empty_reference_and_prediction")) for r in rows)
         mean[name] = m
     dices = [m["dice"] for m in mean.values() if not np.isnan(m["dice"])]

@@ -53,3 +53,21 @@ def test_postprocessing_kept_only_where_it_helps():
     two[15:18, 15:18, 15:18] = 1
     assert choose_postprocessing([(two, two)], {"background": 0, "organ": 1})["classes"] == []
     assert np.count_nonzero(keep_largest_foreground(two)) == 216
+
+
+def test_summary_says_how_many_cases_each_mean_is_over():
+    import numpy as np
+
+    from segpipe.evaluation.evaluate import summarize
+    from segpipe.evaluation.metrics import case_metrics
+
+    ref = np.zeros((10, 10, 10), np.int32)
+    ref[2:6, 2:6, 2:6] = 1
+    hit, missed = ref.copy(), np.zeros_like(ref)
+    per_case = {"a": case_metrics(hit, ref, {"background": 0, "x": 1}, (1.0, 1.0, 1.0), 1.0, True),
+                "b": case_metrics(missed, ref, {"background": 0, "x": 1}, (1.0, 1.0, 1.0), 1.0, True)}
+    m = summarize(per_case, {"background": 0, "x": 1})["mean"]["x"]
+    assert m["n_cases"] == 2 and m["n_cases_per_metric"]["dice"] == 2
+    assert m["dice"] == 0.5  # 1 and 0: the missed case counts in Dice
+    # the missed case has no surface distance: mean HD95 is over the one case that has one, and says so
+    assert np.isnan(per_case["b"]["x"]["hd95_mm"]) and m["n_cases_per_metric"]["hd95_mm"] == 1
