@@ -102,7 +102,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_preprocess(a: argparse.Namespace) -> int:
     from segpipe.io.jsonio import read_json
     from segpipe.planning.run import default_configuration
-    from segpipe.preprocessing.run import list_cases, run_preprocess
+    from segpipe.preprocessing.run import run_preprocess
+    from segpipe.preprocessing.store import list_cases
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
@@ -217,9 +218,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     from segpipe.workspace import DEFAULT_WORKSPACE_ENV
 
     root = a.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "segpipe_workspace"
+    options, copy, allow_external_links, force = parse_onboard_args(a.source, a.name, a.onboard_args or [])
     return run_all(a.source, Path(root), name=a.name, configs=a.config, folds=a.folds, budget=a.budget,
                    epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers,
-                   device=a.device, batch_size=a.batch_size, onboard_args=a.onboard_args, echo=print)
+                   device=a.device, batch_size=a.batch_size, options=options, copy=copy,
+                   allow_external_links=allow_external_links, force_onboard=force, echo=print)
 
 
 def parse_onboard_args(source, name: str, args: list[str]) -> tuple:

@@ -31,8 +31,7 @@ def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str
     t0 = time.monotonic()
     workspace = Path(workspace).absolute()
     code = run_all(EXAMPLE, workspace, DEMO_NAME, configs=configs or ["2d"], budget=budget,
-                   workers=workers,
-                   onboard_args=["--force"] if force else [])
+                   workers=workers, force_onboard=force)
     if code:
         return code
     ws = Workspace(workspace, DEMO_NAME)

@@ -23,23 +23,20 @@ log = logging.getLogger(__name__)
 
 def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None = None,
             folds: list[int] | None = None, budget: str | None = None, epochs: int | None = None,
-            iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto", batch_size: int | None = None,
-            onboard_args: list[str] | None = None, options: OnboardOptions | None = None, copy: bool = False,
+            iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto",
+            batch_size: int | None = None, options: OnboardOptions | None = None, copy: bool = False,
             allow_external_links: bool = False, force_onboard: bool = False,
             echo: Callable[[str], None] = print) -> int:
     """Onboard ``source``, fingerprint, plan, preprocess and train every fold of every configuration, then
     select the best configuration/ensemble and post-processing (``selection.json``). Returns 0.
 
     Stages are called as functions (never through the command line), so logging settings hold throughout.
-    Onboarding takes ``options`` (default: only the name), or ``onboard_args``, the arguments of ``segpipe
-    onboard`` (e.g. ``["--labels", "background=0", "tumour=1", "--force"]``). ``folds`` default to every fold of
+    Onboarding takes ``options`` (default: only the name), ``copy``, ``allow_external_links`` and
+    ``force_onboard`` (``segpipe run --onboard-args`` parses them from `segpipe onboard` options). ``folds`` default
+    to every fold of
     splits.json (5, fewer for data sets of fewer cases). The results the user asked for (the plans and the
     selection) go to ``echo`` (standard output by default, like the single stages' results); progress is logged.
     """
-    if onboard_args:
-        from segpipe.cli import parse_onboard_args
-
-        options, copy, allow_external_links, force_onboard = parse_onboard_args(source, name, onboard_args)
     options = options or OnboardOptions(name=name)
     options.name = name
     ws, spec, warnings, skipped = onboard(source, root, options, copy=copy, workers=workers, force=force_onboard,
@@ -77,7 +74,7 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
 def fold_names(ws: Workspace) -> list[str]:
     """The folds of the workspace's splits.json ("0", "1", ...), creating splits.json on first use: 5 folds,
     fewer when the data set has fewer cases (or subjects)."""
-    from segpipe.training.run import load_splits
+    from segpipe.training.splits import load_splits
 
     spec = load_dataset(ws)
     return [str(k) for k in range(len(load_splits(ws, [c.id for c in spec.cases])))]

@@ -22,7 +22,7 @@ from segpipe.io.images import read_image
 from segpipe.locking import locked
 from segpipe.io.jsonio import read_json, write_json
 from segpipe.records import input_state, up_to_date, write_record
-from segpipe.training.run import load_splits
+from segpipe.training.splits import load_splits
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.dataset.model import DatasetSpec
 from segpipe.dataset.reading import read_channels
-from segpipe.errors import Problem, SegpipeError, fail
+from segpipe.errors import Problem, fail
 from segpipe.inference.export import probabilities_path, probabilities_to_original
 from segpipe.inference.inputs import discover_inputs, resolve_inputs  # noqa: F401 - discover_inputs re-exported
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segpipe.planning import constants as C
 from segpipe.planning.configuration import plan_configuration
 from segpipe.planning.memory import feature_map_voxels
 from segpipe.planning.spacing import resampled_shapes

@@ -31,7 +31,7 @@ class CaseStore:
     def get(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
         if case_id in self._cache:
             return self._cache[case_id]
-        from segpipe.preprocessing.run import load_case
+        from segpipe.preprocessing.store import load_case
 
         item = load_case(self.folder, case_id)
         size = item[0].nbytes + item[1].nbytes

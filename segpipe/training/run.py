@@ -11,59 +11,16 @@ from segpipe import records
 from segpipe.dataset.onboard import load_dataset
 from segpipe.errors import fail
 from segpipe.locking import locked
-from segpipe.io.jsonio import read_json, write_json
+from segpipe.io.jsonio import read_json
 from segpipe.planning.run import get_configuration
 from segpipe.training import distributed as dist
-from segpipe.training.splits import DEFAULT_FOLDS, make_splits
+from segpipe.training.splits import fold_cases
 from segpipe.training.trainer import TrainSettings, get_trainer
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 RESULT_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "progress.png")
-
-
-def load_splits(ws: Workspace, case_ids: list[str], n_folds: int = DEFAULT_FOLDS) -> list[dict]:
-    """splits.json, created on first use (seeded, so it is the same on every machine).
-
-    Cases onboarded with a subject (``--subject-csv``/``--subject-pattern``) are grouped: all cases of a subject
-    land in the same fold. An existing splits.json that separates a subject's cases is refused.
-    """
-    wanted = set(case_ids)
-    groups = ({c.id: c.subject for c in load_dataset(ws).cases if c.subject is not None and c.id in wanted}
-              if ws.dataset_json.is_file() else {})
-    if ws.splits_json.is_file():
-        splits = read_json(ws.splits_json, kind="splits")["folds"]
-        known = {c for f in splits for c in f["val"]}
-        if known != wanted:
-            raise fail("splits.json does not match the data set's cases (cases were added or removed)",
-                       "delete splits.json to make new folds (trained folds then no longer match)",
-                       file=ws.splits_json)
-        fold_of = {c: k for k, f in enumerate(splits) for c in f["val"]}
-        folds_of_subject: dict[str, set[int]] = {}
-        for cid, subject in groups.items():
-            folds_of_subject.setdefault(subject, set()).add(fold_of[cid])
-        split_subjects = sorted(s for s, ks in folds_of_subject.items() if len(ks) > 1)
-        if split_subjects:
-            raise fail(f"splits.json puts cases of one subject into different folds (subjects {split_subjects[:5]})",
-                       "delete splits.json to make folds that keep each subject together (trained folds then no "
-                       "longer match)", file=ws.splits_json)
-        return splits
-    splits = make_splits(case_ids, n_folds, groups=groups or None)
-    if dist.world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
-        write_json(ws.splits_json, {"folds": splits}, kind="splits")
-    return splits
-
-
-def fold_cases(ws: Workspace, fold: str, case_ids: list[str]) -> tuple[list[str], list[str]]:
-    if fold == "all":
-        return sorted(case_ids), sorted(case_ids)
-    splits = load_splits(ws, case_ids)
-    try:
-        k = int(fold)
-        return splits[k]["train"], splits[k]["val"]
-    except (ValueError, IndexError):
-        raise fail(f"unknown fold '{fold}'", f"use 0..{len(splits) - 1} or all") from None
 
 
 def _fold_lock(ws: Workspace, config: str, fold: str, *args, **kwargs) -> str | None:
@@ -86,7 +43,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     cfg = get_configuration(plans, config, ws.plans_json)
     trainer_cls = get_trainer(trainer or cfg.get("trainer", "default"))
     pre = ws.preprocessed(config)
-    from segpipe.preprocessing.run import check_preprocessed
+    from segpipe.preprocessing.store import check_preprocessed
 
     check_preprocessed(pre, [c.id for c in spec.cases], cfg, config)
     train_ids, val_ids = fold_cases(ws, fold, [c.id for c in spec.cases])

@@ -15,7 +15,7 @@ from segpipe.evaluation.metrics import overlap_metrics
 from segpipe.inference.export import export_label_map
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
 from segpipe.io.jsonio import write_json
-from segpipe.preprocessing.run import load_case
+from segpipe.preprocessing.store import load_case
 from segpipe.progress import CaseProgress
 
 log = logging.getLogger(__name__)

@@ -258,7 +258,7 @@ def test_colour_label_map_is_refused(tmp_path: Path, capsys):
 # --- 6. subjects: grouping options, their errors, and grouped folds ---------------------------------------------
 
 def test_subject_pattern_groups_hc18_frames_into_one_fold(tmp_path: Path, capsys):
-    from segpipe.training.run import load_splits
+    from segpipe.training.splits import load_splits
     from segpipe.training.splits import make_splits
 
     src = _hc18(tmp_path / "hc")
@@ -284,7 +284,7 @@ def test_subject_pattern_groups_hc18_frames_into_one_fold(tmp_path: Path, capsys
 def test_existing_splits_that_separate_a_subject_are_refused(tmp_path: Path, capsys):
     from segpipe.errors import SegpipeError
     from segpipe.io.jsonio import write_json
-    from segpipe.training.run import load_splits
+    from segpipe.training.splits import load_splits
 
     src = _hc18(tmp_path / "hc", HC18_NAMES[:4])
     assert _onboard(src, tmp_path / "ws", capsys, *_hc18_args(src), "--subject-pattern", r"^(\d{3})_")[0] == 0

@@ -16,7 +16,8 @@ from segpipe.cli import main
 from segpipe.errors import SegpipeError
 from segpipe.io.atomic import TMP_PREFIX
 from segpipe.io.jsonio import read_json
-from segpipe.preprocessing.run import list_cases, load_case, run_preprocess
+from segpipe.preprocessing.run import run_preprocess
+from segpipe.preprocessing.store import list_cases, load_case
 from segpipe.workspace import Workspace
 
 LABELS = ["--labels", "background=0", "anterior=1", "posterior=2"]
@@ -184,7 +185,7 @@ def test_cases_made_with_another_plan_are_redone_and_refused_by_train(tiny_ws_te
     import re as _re
 
     from conftest import copy_ws
-    from segpipe.preprocessing.run import case_plan_hash
+    from segpipe.preprocessing.store import case_plan_hash
 
     ws = copy_ws(tiny_ws_template, tmp_path / "ws")
     folder = ws / "tiny" / "preprocessed" / "3d_fullres"
