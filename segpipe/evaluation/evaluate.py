@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segpipe.dataset.formats.common import read_spacing_csv
+from segpipe.dataset.formats.common import check_spacing_options, read_spacing_csv
 from segpipe.dataset.reading import map_label_values
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.evaluation.metrics import case_metrics
@@ -68,14 +68,6 @@ def check_tolerance(tolerance_mm: float | dict[str, float]) -> None:
             what = f" of class '{name}'" if name else ""
             raise fail(f"surface Dice tolerance{what} {tol!r} mm is not a finite number >= 0",
                        "give --tolerance in mm, 0 or more (default 1), e.g. --tolerance 2")
-
-
-def _check_spacing_options(pixel_spacing: float | None, spacing_csv: Path | None) -> None:
-    if pixel_spacing is not None and spacing_csv is not None:
-        raise fail("both --pixel-spacing and --spacing-csv given", "give one of them")
-    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
-        raise fail(f"--pixel-spacing {pixel_spacing} is not a positive number of mm",
-                   "give the pixel size in mm, e.g. --pixel-spacing 0.08")
 
 
 def _glob_cases(folder: Path, pattern: str) -> dict[str, list[Path]]:
@@ -252,7 +244,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: dict[str, int], outp
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_tolerance(tolerance_mm)
-    _check_spacing_options(pixel_spacing, spacing_csv)
+    check_spacing_options(pixel_spacing, spacing_csv)
     preds, refs = _cases(pred_dir, "--pred"), _cases(ref_dir, "--ref", ref_glob)
     missing = sorted(set(refs) - set(preds))
     if not preds:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segpipe.dataset.formats.common import read_spacing_csv, strip_ending, visible_files
+from segpipe.dataset.formats.common import check_spacing_options, read_spacing_csv, strip_ending, visible_files
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.dataset.reading import map_label_values
 from segpipe.errors import Problem, SegpipeError, fail
@@ -87,19 +87,11 @@ def discover_inputs(input_dir: Path, spec: DatasetSpec) -> list[CaseEntry]:
     return sorted(cases, key=lambda c: c.id)
 
 
-def _check_pixel_spacing(pixel_spacing: float | None, spacing_csv: Path | None) -> None:
-    if pixel_spacing is not None and spacing_csv is not None:
-        raise fail("both --pixel-spacing and --spacing-csv given", "give one of them")
-    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
-        raise fail(f"--pixel-spacing {pixel_spacing} is not a positive number of mm",
-                   "give the pixel size in mm, e.g. --pixel-spacing 0.08")
-
-
 def apply_spacing(input_dir: Path, cases: list[CaseEntry], pixel_spacing: float | None = None,
                   spacing_csv: Path | None = None) -> None:
     """Set ``case.spacing`` (mm, ``(y, x)``) of 2D cases from ``pixel_spacing`` or ``spacing_csv``; refuse 2D
     cases without either, and either given for images that carry their own spacing."""
-    _check_pixel_spacing(pixel_spacing, spacing_csv)
+    check_spacing_options(pixel_spacing, spacing_csv)
     two_d = [c for c in cases if file_ending(c.images[0]) in ENDINGS_2D]
     if not two_d:
         if pixel_spacing is not None or spacing_csv is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def channels_from(options: OnboardOptions, declared: dict[str, str] | None, n_de
     if declared:
         return {str(k): str(v) for k, v in sorted(declared.items(), key=lambda kv: int(kv[0]))}
     return {str(i): "image" if n_default == 1 else f"channel_{i}" for i in range(n_default)}
+
+
+def check_spacing_options(pixel_spacing: float | None, spacing_csv: Path | None) -> None:
+    """Refuse ``--pixel-spacing`` together with ``--spacing-csv``, and a pixel size that is not positive mm."""
+    if pixel_spacing is not None and spacing_csv is not None:
+        raise fail("both --pixel-spacing and --spacing-csv given", "give one of them")
+    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
+        raise fail(f"--pixel-spacing {pixel_spacing} is not a positive number of mm",
+                   "give the pixel size in mm, e.g. --pixel-spacing 0.08")
 
 
 def read_spacing_csv(path: Path) -> dict[str, float]:
