@@ -25,7 +25,7 @@ import numpy as np
 from segpipe.planning.configuration import plan_configuration
 from segpipe.planning.memory import feature_map_voxels
 from segpipe.planning.spacing import resampled_shapes
-from segpipe.training.budget import EXPORT_S_PER_CASE, RESERVE_SAFETY, WINDOW_OVERHEAD, count_windows
+from segpipe.training.budget import FinalValidationCost, final_validation_cost, final_validation_reserve
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ COVERAGE_EXPONENT = 0.15
 ITERATION_OVERHEAD = 1.3          # data loading and augmentation on top of the calibrated forward+backward
 STARTUP_S = 15.0                  # process start, network build, first batches
 FORWARD_SHARE = 1 / 3             # a forward pass is about a third of a training iteration
-VALIDATION_SHARE_MAX = 0.4        # candidates whose final validation would take more are not feasible
 MEASURE_CHEAPEST = 2              # candidates measured from the cheapest up, to start the estimate
 MAX_MEASURED_SECONDS = 8.0        # a chosen candidate is measured (and the choice redone) when estimated below
 MAX_CHOICE_ROUNDS = 6             # measure-and-choose rounds
@@ -138,33 +137,37 @@ def make_candidates(plans: dict, fingerprint: dict, n_classes: int, network: str
     return out
 
 
-def _final_validation_seconds(c: Candidate, plans: dict, fingerprint: dict) -> float:
-    """Rough cost of one fold's final validation: a fifth of the cases at the median shape."""
+def _final_validation(c: Candidate, plans: dict, fingerprint: dict, n_classes: int) -> FinalValidationCost:
+    """Estimated cost of one fold's final validation: a fifth of the cases, each at the median shape."""
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
     sp = c.config["spacing"]
     full_sp = plans["full_resolution_spacing"]
     if len(sp) < len(full_sp):  # 2d for 3D data: slices at the full resolution's z spacing
         sp = [full_sp[0], *sp]
-    median = np.median(resampled_shapes(spacings, shapes, sp), axis=0)
+    median = [int(m) for m in np.median(resampled_shapes(spacings, shapes, sp), axis=0)]
+    raw_voxels = int(np.median([np.prod(s) for s in shapes]))
     n_val = max(1, math.ceil(fingerprint["n_cases"] / 5))
-    windows = count_windows([int(m) for m in median], c.config["patch_size"])
     per_window = c.seconds_per_iteration * FORWARD_SHARE / c.config["batch_size"]
-    mirrorings = 2 ** len(c.config["patch_size"])
-    return n_val * (windows * per_window * WINDOW_OVERHEAD * mirrorings + EXPORT_S_PER_CASE)
+    return final_validation_cost([median] * n_val, [raw_voxels] * n_val, c.config["patch_size"], n_classes,
+                                 per_window)
 
 
-def choose(candidates: list[Candidate], budget_s: float, plans: dict, fingerprint: dict) -> tuple[Candidate, str]:
-    """Fill in expected iterations and pick a candidate by the rule in the module docstring."""
+def choose(candidates: list[Candidate], budget_s: float, plans: dict, fingerprint: dict,
+           n_classes: int) -> tuple[Candidate, str]:
+    """Fill in expected iterations and pick a candidate by the rule in the module docstring. The final
+    validation is reserved as the trainer will reserve it (:func:`final_validation_reserve`)."""
     for c in candidates:
-        val = _final_validation_seconds(c, plans, fingerprint)
-        if val > VALIDATION_SHARE_MAX * budget_s:  # the trainer would refuse mirroring first, then the budget
-            val = val / 2 ** len(c.config["patch_size"])
-        c.validation_seconds = val
-        train_s = budget_s - STARTUP_S - val * RESERVE_SAFETY
-        c.expected_iterations = max(0, int(train_s / (c.seconds_per_iteration * ITERATION_OVERHEAD)))
-        if val > VALIDATION_SHARE_MAX * budget_s:
+        final = _final_validation(c, plans, fingerprint, n_classes)
+        fits = final_validation_reserve(budget_s, final)
+        if fits is None:
+            c.validation_seconds = final.seconds(False)
             c.expected_iterations = 0
             c.notes.append("its final validation would not fit the budget")
+            continue
+        reserve, mirror = fits
+        c.validation_seconds = final.seconds(mirror)
+        train_s = budget_s - STARTUP_S - reserve
+        c.expected_iterations = max(0, int(train_s / (c.seconds_per_iteration * ITERATION_OVERHEAD)))
     enough = [c for c in candidates if c.expected_iterations >= MIN_ITERATIONS]
     if enough:
         best = max(enough, key=lambda c: (c.fidelity, c.expected_iterations))
@@ -216,7 +219,7 @@ def plan_for_budget(plans: dict, fingerprint: dict, n_channels: int, n_classes: 
     """Add the budget's choice to ``plans`` (a configuration and the ``budget`` record); returns ``plans``."""
     candidates = make_candidates(plans, fingerprint, n_classes, network)
     estimate_seconds(candidates, calibration, n_channels, n_classes)
-    best, why = choose(candidates, budget_s, plans, fingerprint)
+    best, why = choose(candidates, budget_s, plans, fingerprint, n_classes)
     for _ in range(MAX_CHOICE_ROUNDS):  # estimates steer, measurements decide: measure the choice, choose again
         if best.measured or best.seconds_per_iteration > MAX_MEASURED_SECONDS:
             break
@@ -224,7 +227,7 @@ def plan_for_budget(plans: dict, fingerprint: dict, n_channels: int, n_classes: 
                                                          best.config["patch_size"], best.config["batch_size"])
         best.measured = True
         fit_power_law(candidates)
-        best, why = choose(candidates, budget_s, plans, fingerprint)
+        best, why = choose(candidates, budget_s, plans, fingerprint, n_classes)
     calibration.save()
     if best.name in plans["configurations"]:
         chosen = best.name

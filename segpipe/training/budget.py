@@ -79,6 +79,18 @@ class BudgetSchedule:
         return asdict(self)
 
 
+def final_validation_reserve(budget_s: float, final: FinalValidationCost) -> tuple[float, bool] | None:
+    """``(seconds reserved, mirrored)`` for the final validation within ``budget_s``: mirrored when that fits in
+    ``FINAL_VALIDATION_SHARE_MIRRORED`` of the budget, else unmirrored when that fits in
+    ``FINAL_VALIDATION_SHARE_MAX``, else None (the budget cannot hold it). The one rule the trainer keeps and the
+    budget planner predicts with."""
+    if final.seconds(True) <= FINAL_VALIDATION_SHARE_MIRRORED * budget_s:
+        return final.seconds(True) * RESERVE_SAFETY, True
+    if final.seconds(False) <= FINAL_VALIDATION_SHARE_MAX * budget_s:
+        return final.seconds(False) * RESERVE_SAFETY, False
+    return None
+
+
 def plan_budget(budget_s: float, spent_s: float, seconds_per_iteration: float, seconds_per_val_batch: float,
                 final: FinalValidationCost | None, iterations_per_epoch: int | None = None,
                 val_iterations: int | None = None) -> BudgetSchedule:
@@ -88,13 +100,14 @@ def plan_budget(budget_s: float, spent_s: float, seconds_per_iteration: float, s
     hold the final validation or a single training iteration.
     """
     left = budget_s - spent_s
+    fits = None if final is None else final_validation_reserve(budget_s, final)
     if final is None:
         reserve, mirror, vwhy = 0.0, False, "no final validation"
-    elif final.seconds(True) <= FINAL_VALIDATION_SHARE_MIRRORED * budget_s:
-        reserve, mirror = final.seconds(True) * RESERVE_SAFETY, True
+    elif fits is not None and fits[1]:
+        reserve, mirror = fits
         vwhy = f"final validation with mirroring reserved: ~{reserve:.0f} s"
-    elif final.seconds(False) <= FINAL_VALIDATION_SHARE_MAX * budget_s:
-        reserve, mirror = final.seconds(False) * RESERVE_SAFETY, False
+    elif fits is not None:
+        reserve, mirror = fits
         vwhy = (f"final validation without mirroring reserved: ~{reserve:.0f} s (with mirroring it would take "
                 f"~{final.seconds(True):.0f} s, over {FINAL_VALIDATION_SHARE_MIRRORED:.0%} of the budget)")
     else:
