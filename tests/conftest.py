@@ -94,6 +94,19 @@ def tiny_ws_template(tmp_path_factory) -> Path:
     return ws
 
 
+@pytest.fixture(scope="session")
+def tiny_one_fold(tiny_ws_template: Path, tmp_path_factory) -> Path:
+    """A copy of the tiny workspace with fold 0 of 3d_fullres trained for 2 iterations: a model to predict with.
+    Tests only predict with it (prediction records are keyed by their output folder); copy it to change it."""
+    from segpipe.cli import main
+
+    ws = copy_ws(tiny_ws_template, tmp_path_factory.mktemp("one_fold") / "ws")
+    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
+                 "--iterations-per-epoch", "2", "--val-iterations", "1", "--workers", "0", "--threads", "1",
+                 "--no-validation"]) == 0
+    return ws
+
+
 def copy_ws(template: Path, dst: Path) -> Path:
     shutil.copytree(template, dst, symlinks=True)
     return dst

@@ -96,19 +96,8 @@ def test_preprocess_reports_a_damaged_case_from_a_worker_and_finishes_the_others
     assert main(["preprocess", "-w", str(ws), "--workers", workers]) == 0
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_ws_template: Path, tmp_path_factory) -> Path:
-    from conftest import copy_ws
-
-    ws = copy_ws(tiny_ws_template, tmp_path_factory.mktemp("par") / "ws")
-    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
-                 "--iterations-per-epoch", "2", "--val-iterations", "1", "--workers", "0", "--threads", "1",
-                 "--no-validation"]) == 0
-    return ws
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_predict_reports_a_damaged_input_and_writes_the_other_cases(trained: Path, tmp_path: Path, workers: str,
+def test_predict_reports_a_damaged_input_and_writes_the_other_cases(tiny_one_fold: Path, tmp_path: Path, workers: str,
                                                                    capsys):
     from conftest import HIPPO
 
@@ -121,7 +110,7 @@ def test_predict_reports_a_damaged_input_and_writes_the_other_cases(trained: Pat
     bad.write_bytes(bad.read_bytes()[:2500])
     out = tmp_path / "pred"
     capsys.readouterr()
-    assert main(["predict", "-w", str(trained), "-i", str(img), "-o", str(out), "--workers", workers,
+    assert main(["predict", "-w", str(tiny_one_fold), "-i", str(img), "-o", str(out), "--workers", workers,
                  "--config", "3d_fullres", "--folds", "0", "--no-mirror"]) == 2
     err = capsys.readouterr().err
     assert f"case '{ids[1]}'" in err and str(bad) in err and "truncated" in err and "fix:" in err

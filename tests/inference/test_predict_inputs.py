@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from conftest import FETAL, HIPPO, copy_ws, hippo_ids, tree_state
+from conftest import FETAL, HIPPO, hippo_ids, tree_state
 from segpipe.cli import main
 from segpipe.dataset.model import DatasetSpec
 from segpipe.errors import SegpipeError
@@ -113,21 +113,12 @@ def test_discover_inputs_still_importable_from_predict():
     assert discover_inputs is inputs.discover_inputs
 
 
-@pytest.fixture(scope="module")
-def one_fold(tiny_ws_template: Path, tmp_path_factory) -> Path:
-    ws = copy_ws(tiny_ws_template, tmp_path_factory.mktemp("inputs") / "ws")
-    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
-                 "--iterations-per-epoch", "2", "--val-iterations", "1", "--workers", "0", "--threads", "1",
-                 "--no-validation"]) == 0
-    return ws
-
-
 def _predict(ws: Path, inp: Path, out: Path, *extra: str) -> int:
     return main(["predict", "-w", str(ws), "-i", str(inp), "-o", str(out), "--workers", "1", "--no-mirror",
                  *extra])
 
 
-def test_cli_refuses_bad_inputs_and_writes_nothing(one_fold, tmp_path, capsys):
+def test_cli_refuses_bad_inputs_and_writes_nothing(tiny_one_fold, tmp_path, capsys):
     _pngs(tmp_path / "png", 1)
     cid = _hippo(tmp_path / "dup", 1)[0]
     shutil.copy(tmp_path / "dup" / f"{cid}.nii.gz", tmp_path / "dup" / f"{cid}_0000.nii.gz")
@@ -137,14 +128,14 @@ def test_cli_refuses_bad_inputs_and_writes_nothing(one_fold, tmp_path, capsys):
                                     ("png", ["--spacing-csv", str(short_csv)], [str(short_csv), "000_HC.png"]),
                                     ("dup", [], [f"{cid}.nii.gz", f"{cid}_0000.nii.gz"])]:
         before = tree_state(tmp_path)
-        assert _predict(one_fold, tmp_path / folder, tmp_path / "out", *extra) == 2
+        assert _predict(tiny_one_fold, tmp_path / folder, tmp_path / "out", *extra) == 2
         err = capsys.readouterr().err
         assert "fix:" in err and all(t in err for t in expected), err
         assert tree_state(tmp_path) == before
 
 
-def test_cli_warns_when_given_the_labels_folder(one_fold, tmp_path, capsys):
+def test_cli_warns_when_given_the_labels_folder(tiny_one_fold, tmp_path, capsys):
     ids = _hippo(tmp_path / "labels", 1, sub="labelsTr")
-    assert _predict(one_fold, tmp_path / "labels", tmp_path / "out") == 0
+    assert _predict(tiny_one_fold, tmp_path / "labels", tmp_path / "out") == 0
     assert "look like label maps" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{ids[0]}.nii.gz"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import HIPPO, copy_ws, hippo_ids
+from conftest import HIPPO, hippo_ids
 from segpipe.cli import main
 from segpipe.io.images import Geometry, read_image, write_image
 
@@ -64,17 +64,8 @@ def test_write_image_on_a_full_disk_raises_and_keeps_the_good_file(tmp_path: Pat
         assert not list(fs.glob(".tmp-*"))
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_ws_template: Path, tmp_path_factory) -> Path:
-    ws = copy_ws(tiny_ws_template, tmp_path_factory.mktemp("fulldisk") / "ws")
-    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
-                 "--iterations-per-epoch", "2", "--val-iterations", "1", "--workers", "0", "--threads", "1",
-                 "--no-validation"]) == 0
-    return ws
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_predict_on_a_full_disk_fails_loudly_and_loses_nothing(trained: Path, tmp_path: Path, workers: str, capsys):
+def test_predict_on_a_full_disk_fails_loudly_and_loses_nothing(tiny_one_fold: Path, tmp_path: Path, workers: str, capsys):
     img = tmp_path / "images"
     img.mkdir()
     ids = hippo_ids(10)[6:10]
@@ -82,7 +73,7 @@ def test_predict_on_a_full_disk_fails_loudly_and_loses_nothing(trained: Path, tm
         shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", img / f"{cid}_0000.nii.gz")
     with small_filesystem(tmp_path / "fs", "256k") as fs:
         out = fs / "pred"
-        argv = ["predict", "-w", str(trained), "--input", str(img), "--output", str(out), "--workers", workers,
+        argv = ["predict", "-w", str(tiny_one_fold), "--input", str(img), "--output", str(out), "--workers", workers,
                 "--config", "3d_fullres", "--folds", "0", "--no-mirror"]
         assert main(argv) == 0
         good = {p.name: p.read_bytes() for p in out.iterdir()}
