@@ -25,7 +25,10 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_benchmark.py $(BENCH_ARGS)
 
+# quality gates first (lint + import order, types: about 30 s), then the suite
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check segpipe tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests
 
 clean:

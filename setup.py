@@ -20,7 +20,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["segpipe", "segpipe.*"]),
-    package_data={"segpipe": ["data/example/*/*.json", "data/example/*/*.md",
+    package_data={"segpipe": ["py.typed", "data/example/*/*.json", "data/example/*/*.md",
                               "data/example/*/imagesTr/*.nii.gz", "data/example/*/labelsTr/*.nii.gz"]},
     include_package_data=True,
     install_requires=[
@@ -34,7 +34,7 @@ setup(
         "matplotlib>=3.6",
         "pillow>=9.0",  # PNG modes SimpleITK cannot read (grey+alpha), multi-page TIFF detection
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.6", "mypy>=1.10"]},
     entry_points={"console_scripts": ["segpipe=segpipe.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

@@ -17,7 +17,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -96,7 +95,7 @@ class Runner:
             while proc.poll() is None:
                 try:
                     peak = max(peak, tree_rss(proc.pid))
-                except Exception:
+                except Exception:  # noqa: BLE001 - a process that just ended has no RSS to read
                     pass
                 time.sleep(0.1)
             wall = time.monotonic() - t0
@@ -243,7 +242,7 @@ def main() -> None:
         try:
             md, _ = report(r2, a)
             (a.results / "results.partial.md").write_text(md)
-        except Exception as e:  # a partial report must never stop the benchmark
+        except Exception as e:  # noqa: BLE001 - a partial report must never stop the benchmark
             say(f"  (partial report failed: {e})")
         (a.results / "results.partial.json").write_text(json.dumps(r2, indent=2, default=str))
 

@@ -54,14 +54,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def cmd_onboard(a: argparse.Namespace) -> int:
     from segpipe.dataset.formats.common import OnboardOptions
     from segpipe.dataset.onboard import onboard
-    from segpipe.workspace import DEFAULT_WORKSPACE_ENV
+    from segpipe.workspace import default_root
 
     opts = OnboardOptions(name=a.name, format=a.format, channels=a.channels or [], labels=_labels(a.labels),
                           image_globs=a.image_glob or [], label_glob=a.label_glob,
                           spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, pixel_spacing=a.pixel_spacing,
                           subject_csv=Path(a.subject_csv) if a.subject_csv else None,
                           subject_column=a.subject_column, subject_pattern=a.subject_pattern)
-    root = a.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "segpipe_workspace"
+    root = default_root(a.workspace)
     ws, spec, warnings, skipped = onboard(a.source, root, opts, copy=a.copy, workers=a.workers, force=a.force,
                                           allow_external_links=a.allow_external_links)
     for w in warnings:
@@ -100,14 +100,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(a: argparse.Namespace) -> int:
-    from segpipe.io.jsonio import read_json
-    from segpipe.planning.run import default_configuration
+    from segpipe.planning.plans import load_plans
     from segpipe.preprocessing.run import run_preprocess
     from segpipe.preprocessing.store import list_cases
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
-    config = a.config or default_configuration(read_json(ws.plans_json, kind="plans"))
+    config = a.config or load_plans(ws).default_configuration
     n, skipped = run_preprocess(ws, config, workers=a.workers, force=a.force)
     folder = ws.preprocessed(config)
     state = "unchanged, skipped" if skipped else f"{n} case(s) written"
@@ -116,22 +115,21 @@ def cmd_preprocess(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from segpipe.io.jsonio import read_json
-    from segpipe.planning.run import default_configuration
+    from segpipe.planning.plans import load_plans
     from segpipe.training.run import run_train
     from segpipe.training.schedule import parse_duration
     from segpipe.training.trainer import TrainSettings
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
-    config = a.config or default_configuration(read_json(ws.plans_json, kind="plans"))
+    config = a.config or load_plans(ws).default_configuration
     settings = TrainSettings(epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch,
                              val_iterations=a.val_iterations,
                              budget_s=parse_duration(a.budget) if a.budget else None, lr=a.lr, seed=a.seed,
                              workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size,
                              precision=a.precision, started_at=a.started_at).check()
     if a.fold == "each":
-        from segpipe.pipeline import fold_names
+        from segpipe.training.splits import fold_names
 
         folds = fold_names(ws)  # the folds of splits.json: 5, fewer for data sets of fewer cases
     else:
@@ -167,21 +165,26 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from segpipe.evaluation.evaluate import (check_output_folder, check_tolerance, default_output,
-                                             evaluate_folders, labels_from_references)
-    from segpipe.workspace import Workspace
+    from segpipe.evaluation.evaluate import (
+        check_output_folder,
+        check_tolerance,
+        default_output,
+        evaluate_folders,
+        labels_from_references,
+    )
+    from segpipe.workspace import DEFAULT_WORKSPACE_ENV, Workspace
 
     pred, ref = Path(a.pred), Path(a.ref)
     out = Path(a.output) if a.output else default_output(pred)
     check_output_folder(out, pred, ref)
     check_tolerance(a.tolerance)
     value_map, ws = None, None
-    if a.workspace or a.name or os.environ.get("SEGPIPE_WORKSPACE"):
+    if a.workspace or a.name or os.environ.get(DEFAULT_WORKSPACE_ENV):
         ws = Workspace.locate(a.workspace, a.name)
     if a.labels:
         labels = _labels(a.labels)
     elif ws is not None:
-        from segpipe.dataset.onboard import load_dataset
+        from segpipe.dataset.store import load_dataset
 
         spec = load_dataset(ws)
         labels, value_map = spec.labels, spec.label_value_map
@@ -197,8 +200,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         record_evaluation(ws, pred, ref, out, {"labels": labels, "tolerance_mm": a.tolerance,
                                                "surface": not a.no_surface, "ref_glob": a.ref_glob})
     for name, m in summary["mean"].items():
-        print(f"{name:15s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95_mm']:.2f} mm  "
-              f"surface Dice {m['surface_dice']:.4f}  ({m['n_cases']} cases, {m['n_empty_both']} empty in both)")
+        print(f"{name:15s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95_mm']:.2f} mm "
+              f"(over {m['n_cases_per_metric']['hd95_mm']})  surface Dice {m['surface_dice']:.4f}  "
+              f"({m['n_cases']} cases, {m['n_empty_both']} empty in both, {m['n_missed']} missed, "
+              f"{m['n_spurious']} spurious)")
     print(f"mean foreground Dice {summary['foreground_mean_dice']:.4f} (spacing: {summary['spacing']}) -> "
           f"{out / 'summary.json'}, {out / 'metrics.csv'}")
     return 0
@@ -215,14 +220,15 @@ def cmd_select(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from segpipe.pipeline import run_all
-    from segpipe.workspace import DEFAULT_WORKSPACE_ENV
+    from segpipe.workspace import default_root
 
-    root = a.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "segpipe_workspace"
+    root = default_root(a.workspace)
     options, copy, allow_external_links, force = parse_onboard_args(a.source, a.name, a.onboard_args or [])
-    return run_all(a.source, Path(root), name=a.name, configs=a.config, folds=a.folds, budget=a.budget,
-                   epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers,
-                   device=a.device, batch_size=a.batch_size, options=options, copy=copy,
-                   allow_external_links=allow_external_links, force_onboard=force, echo=print)
+    run_all(a.source, Path(root), name=a.name, configs=a.config, folds=a.folds, budget=a.budget,
+            epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers, device=a.device,
+            batch_size=a.batch_size, options=options, copy=copy, allow_external_links=allow_external_links,
+            force_onboard=force, echo=print)
+    return 0
 
 
 def parse_onboard_args(source, name: str, args: list[str]) -> tuple:
@@ -250,7 +256,8 @@ def parse_onboard_args(source, name: str, args: list[str]) -> tuple:
 def cmd_demo(a: argparse.Namespace) -> int:
     from segpipe.demo import run_demo
 
-    return run_demo(Path(a.workspace), workers=a.workers, force=a.force, budget=a.budget, configs=a.config)
+    run_demo(Path(a.workspace), workers=a.workers, force=a.force, budget=a.budget, configs=a.config, echo=print)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pp)
     pp.set_defaults(func=cmd_preprocess)
 
-    t = sub.add_parser("train", help="train one fold of a configuration (resumable), then validate it")
+    t = sub.add_parser("train", help="train one fold of a configuration (resumable), then validate it",
+                       epilog="Environment: RANK, LOCAL_RANK and WORLD_SIZE are read when set by torchrun "
+                       "(multi-GPU training); nothing else besides $SEGPIPE_WORKSPACE (see --workspace).")
     _add_ws(t)
     t.add_argument("--config", "-c", help="configuration from plans.json (default: the plan's choice, see "
                    "`segpipe plan --explain`: 3d_fullres, 2d for 2D data, or what a --budget plan chose)")

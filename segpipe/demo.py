@@ -11,9 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from segpipe.pipeline import run_all
+from segpipe.dataset.store import load_dataset
+from segpipe.evaluation.evaluate import evaluate_folders
+from segpipe.inference.run import run_predict
+from segpipe.pipeline import RunResult, run_all
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +27,28 @@ DEMO_NAME = "hippocampus_example"
 DEMO_PREDICT_CASES = 4
 
 
-def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str = "2m",
-             configs: list[str] | None = None) -> int:
-    from segpipe.evaluation.evaluate import evaluate_folders
-    from segpipe.inference.run import run_predict
-    from segpipe.workspace import Workspace
+@dataclass
+class DemoResult:
+    """The demo's outcome: the chain's result, the predicted files, the Dice of those predictions and the
+    cross-validation Dice of the selected model, and the wall time in minutes."""
 
+    run: RunResult
+    predicted: list[str]
+    prediction_dice: float
+    cross_validation_dice: float
+    minutes: float
+
+
+def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str = "2m",
+             configs: list[str] | None = None, echo: Callable[[str], None] | None = None) -> DemoResult:
+    """Run the demo in ``workspace``; results go to ``echo`` when given (the command line passes ``print``)."""
+    say = echo or (lambda text: None)
     t0 = time.monotonic()
     workspace = Path(workspace).absolute()
-    code = run_all(EXAMPLE, workspace, DEMO_NAME, configs=configs or ["2d"], budget=budget,
-                   workers=workers, force_onboard=force)
-    if code:
-        return code
-    ws = Workspace(workspace, DEMO_NAME)
-    inp, ref = ws.dir / "demo_input" / "images", ws.dir / "demo_input" / "labels"
+    run = run_all(EXAMPLE, workspace, DEMO_NAME, configs=configs or ["2d"], budget=budget, workers=workers,
+                  force_onboard=force, echo=say)
+    ws = run.workspace
+    inp, ref = ws.scratch("demo_input") / "images", ws.scratch("demo_input") / "labels"
     for folder in (inp, ref):
         folder.mkdir(parents=True, exist_ok=True)
     names = sorted(p.name for p in (EXAMPLE / "imagesTr").iterdir())[:DEMO_PREDICT_CASES]
@@ -45,17 +58,11 @@ def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str
                 os.symlink(src, dst)
     out = ws.predictions("demo_best")
     written, desc = run_predict(ws, inp, out, best=True, mirror=False, workers=workers)
-    summary = evaluate_folders(out, ref, ws_labels(ws), out, workers=workers)
-    print(f"predicted {len(written)} example cases with {desc}: Dice {summary['foreground_mean_dice']:.4f} "
-          "(cases seen in training by 4 of the 5 folds: a check that prediction works, not a score)")
-    from segpipe.pipeline import cross_validation_dice
-
-    print(f"demo finished in {(time.monotonic() - t0) / 60:.1f} min; cross-validation Dice "
-          f"{cross_validation_dice(ws):.4f}")
-    return 0
-
-
-def ws_labels(ws) -> dict[str, int]:
-    from segpipe.dataset.onboard import load_dataset
-
-    return load_dataset(ws).labels
+    summary = evaluate_folders(out, ref, load_dataset(ws).labels, out, workers=workers)
+    result = DemoResult(run, written, float(summary["foreground_mean_dice"]),
+                        run.cross_validation_dice if run.cross_validation_dice is not None else float("nan"),
+                        (time.monotonic() - t0) / 60)
+    say(f"predicted {len(written)} example cases with {desc}: Dice {result.prediction_dice:.4f} "
+        "(cases seen in training by 4 of the 5 folds: a check that prediction works, not a score)")
+    say(f"demo finished in {result.minutes:.1f} min; cross-validation Dice {result.cross_validation_dice:.4f}")
+    return result

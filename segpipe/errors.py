@@ -5,8 +5,12 @@ Library code raises :class:`SegpipeError` with one or more :class:`Problem` reco
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import traceback
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class Problem:
         head = f"[{self.severity}] " + (", ".join(where) + ": " if where else "")
         return f"{head}{self.problem}\n    fix: {self.fix}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -43,12 +47,12 @@ class SegpipeError(Exception):
         self.problems: list[Problem] = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__(self.format())
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[SegpipeError], tuple[list[Problem]]]:
         # pickled with its problems (not the formatted text), so an error raised in a worker process reaches
         # the main process whole: same case, file, problem and fix as with --workers 1
         return (type(self), (self.problems,))
 
-    def with_context(self, case: str | None = None, file: str | None = None) -> "SegpipeError":
+    def with_context(self, case: str | None = None, file: str | None = None) -> SegpipeError:
         """The same error with ``case``/``file`` filled in where its problems name none."""
         return SegpipeError(Problem(p.problem, p.fix, p.file or file, p.case or case, p.severity, p.detail)
                             for p in self.problems)
@@ -60,7 +64,7 @@ class SegpipeError(Exception):
         return "\n".join(line for line in lines if line)
 
 
-def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
+def did_you_mean(name: str, choices: Iterable[object], cutoff: float = 0.6) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``name`` (case-insensitive), or ''."""
     import difflib
 
@@ -69,7 +73,7 @@ def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
     return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
 
 
-def fail(problem: str, fix: str, file: str | None = None, case: str | None = None) -> SegpipeError:
+def fail(problem: str, fix: str, file: str | os.PathLike[str] | None = None, case: str | None = None) -> SegpipeError:
     """Build a single-problem :class:`SegpipeError` (``raise fail(...)``)."""
     return SegpipeError(Problem(problem=problem, fix=fix, file=None if file is None else str(file), case=case))
 
@@ -91,3 +95,39 @@ def os_error_problem(e: OSError, case: str | None = None) -> Problem:
     else:
         problem, fix = (f"{e.strerror or e}", "check the path and permissions, then re-run the command")
     return Problem(problem, fix, None if e.filename is None else str(e.filename), case)
+
+
+def failure_problems(e: BaseException, stage: str, case: str | None) -> list[Problem]:
+    """The problems to report for exception ``e`` raised while ``stage`` worked on ``case``."""
+    if isinstance(e, SegpipeError):
+        return e.with_context(case=case).problems
+    if isinstance(e, MemoryError):
+        return [Problem(f"{stage}: ran out of memory on this case", "re-run with fewer --workers, or on a "
+                        "machine with more memory", case=case)]
+    if isinstance(e, OSError):
+        return [os_error_problem(e, case)]
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+    return [Problem(f"{stage}: unexpected {type(e).__name__}: {e}{where}",
+                    "re-run with --debug for the full traceback and report it", case=case,
+                    detail="".join(traceback.format_exception(type(e), e, e.__traceback__)))]
+
+
+@contextlib.contextmanager
+def error_context(stage: str, case: str | None = None, file: str | None = None) -> Iterator[None]:
+    """Re-raise what goes wrong inside ``stage`` (on ``case``) with that context, as MONAI's ``apply_transform``
+    names the transform that failed.
+
+    A :class:`SegpipeError` gets ``case``/``file`` where its problems name none; any other exception (a bug, a
+    library's ValueError, a full disk) becomes a :class:`SegpipeError` naming the stage, the case and where it
+    was raised, chained to the original (``raise ... from``) and with its traceback as ``detail`` (shown with
+    ``--debug``). ``KeyboardInterrupt`` and ``SystemExit`` pass unchanged.
+    """
+    try:
+        yield
+    except SegpipeError as e:
+        if case is None and file is None:
+            raise
+        raise e.with_context(case=case, file=file) from e
+    except Exception as e:  # noqa: BLE001 - re-raised with its context, never swallowed
+        raise SegpipeError(failure_problems(e, stage, case)) from e

@@ -21,11 +21,18 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from segpipe.errors import fail
+from segpipe.errors import error_context, fail
 from segpipe.io.atomic import pid_alive, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from segpipe.workspace import Workspace
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +133,16 @@ def stage_lock(dataset_dir: Path, stage: str, exclusive: bool = True, own: str |
                 yield
 
 
-def locked(stage: str, exclusive: bool = True, own: Callable[..., str | None] | None = None):
-    """Decorate a stage function whose first argument is a :class:`~segpipe.workspace.Workspace`: it runs
-    holding :func:`stage_lock` (``own`` computes the stage's own lock name from the call's arguments)."""
-    def deco(fn):
+def locked(stage: str, exclusive: bool = True, own: Callable[..., str | None] | None = None
+           ) -> Callable[[Callable[Concatenate[Workspace, P], R]], Callable[Concatenate[Workspace, P], R]]:
+    """Decorate a stage runner whose first argument is a :class:`~segpipe.workspace.Workspace`: it runs
+    holding :func:`stage_lock` (``own`` computes the stage's own lock name from the call's arguments), and an
+    unexpected exception inside it is re-raised naming the stage (:func:`segpipe.errors.error_context`)."""
+    def deco(fn: Callable[Concatenate[Workspace, P], R]) -> Callable[Concatenate[Workspace, P], R]:
         @functools.wraps(fn)
-        def wrapper(ws, *args, **kwargs):
-            with stage_lock(ws.dir, stage, exclusive, own(ws, *args, **kwargs) if own else None):
+        def wrapper(ws: Workspace, *args: P.args, **kwargs: P.kwargs) -> R:
+            with error_context(stage), stage_lock(ws.dir, stage, exclusive,
+                                                  own(ws, *args, **kwargs) if own else None):
                 return fn(ws, *args, **kwargs)
         return wrapper
     return deco

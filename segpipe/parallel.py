@@ -18,12 +18,12 @@ import ctypes
 import logging
 import signal
 import sys
-import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from segpipe.errors import NO_SPACE, Problem, SegpipeError, os_error_problem
+from segpipe.errors import NO_SPACE, Problem, SegpipeError, failure_problems
 from segpipe.progress import CaseProgress
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,6 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except OSError:
             pass
-
-
-def failure_problems(e: BaseException, stage: str, case: str | None) -> list[Problem]:
-    """The problems to report for exception ``e`` raised while ``stage`` worked on ``case``."""
-    if isinstance(e, SegpipeError):
-        return e.with_context(case=case).problems
-    if isinstance(e, MemoryError):
-        return [Problem(f"{stage}: ran out of memory on this case", "re-run with fewer --workers, or on a "
-                        "machine with more memory", case=case)]
-    if isinstance(e, OSError):
-        return [os_error_problem(e, case)]
-    tb = traceback.extract_tb(e.__traceback__)
-    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
-    return [Problem(f"{stage}: unexpected {type(e).__name__}: {e}{where}",
-                    "re-run with --debug for the full traceback and report it", case=case,
-                    detail="".join(traceback.format_exception(type(e), e, e.__traceback__)))]
 
 
 def run_case(fn: Callable[[Any], Any], arg: Any, case: str | None, stage: str) -> tuple[bool, Any]:
@@ -93,7 +77,7 @@ class CasePool:
         self._pool: ProcessPoolExecutor | None = None
         self._live: list[CaseTask] = []
 
-    def __enter__(self) -> "CasePool":
+    def __enter__(self) -> CasePool:
         return self
 
     def __exit__(self, *exc) -> None:

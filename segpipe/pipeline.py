@@ -1,24 +1,48 @@
 """``segpipe run``: the whole chain in one command. Each stage skips itself when its inputs did not change,
-so re-running after an interruption (or after adding folds) only does what is missing."""
+so re-running after an interruption (or after adding folds) only does what is missing.
+
+This module (and :mod:`segpipe.demo`) is the one place that calls several stage runners; stage runners never
+call each other. It returns data (:class:`RunResult`); the command line turns it into output and an exit code.
+"""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from segpipe.dataset.formats.common import OnboardOptions
-from segpipe.dataset.onboard import load_dataset, onboard
+from segpipe.dataset.onboard import onboard
 from segpipe.evaluation.selection import format_selection, run_select
 from segpipe.fingerprint.run import run_fingerprint
-from segpipe.io.jsonio import read_json
-from segpipe.planning.run import default_configuration, run_plan, summarize
+from segpipe.planning.plans import Plans
+from segpipe.planning.run import run_plan, summarize
 from segpipe.preprocessing.run import run_preprocess
 from segpipe.training.run import run_train
 from segpipe.training.schedule import parse_duration
+from segpipe.training.splits import fold_names
 from segpipe.training.trainer import TrainSettings
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What ``segpipe run`` did: the workspace, the plans, each trained fold's result (``run_train``'s dict:
+    ``state``, ``validation`` summary, ``out``) per configuration, and ``select``'s choice (None when not every
+    fold was trained)."""
+
+    workspace: Workspace
+    plans: Plans
+    trained: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
+
+    @property
+    def cross_validation_dice(self) -> float | None:
+        """Mean foreground Dice of the selected model over all cross-validation cases (None without select)."""
+        return None if self.selection is None else float(self.selection["cv_dice"]["foreground_mean_dice"])
 
 
 def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None = None,
@@ -26,17 +50,18 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
             iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto",
             batch_size: int | None = None, options: OnboardOptions | None = None, copy: bool = False,
             allow_external_links: bool = False, force_onboard: bool = False,
-            echo: Callable[[str], None] = print) -> int:
+            echo: Callable[[str], None] | None = None) -> RunResult:
     """Onboard ``source``, fingerprint, plan, preprocess and train every fold of every configuration, then
-    select the best configuration/ensemble and post-processing (``selection.json``). Returns 0.
+    select the best configuration/ensemble and post-processing (``selection.json``).
 
     Stages are called as functions (never through the command line), so logging settings hold throughout.
     Onboarding takes ``options`` (default: only the name), ``copy``, ``allow_external_links`` and
-    ``force_onboard`` (``segpipe run --onboard-args`` parses them from `segpipe onboard` options). ``folds`` default
-    to every fold of
-    splits.json (5, fewer for data sets of fewer cases). The results the user asked for (the plans and the
-    selection) go to ``echo`` (standard output by default, like the single stages' results); progress is logged.
+    ``force_onboard`` (``segpipe run --onboard-args`` parses them from `segpipe onboard` options). ``folds``
+    default to every fold of splits.json (5, fewer for data sets of fewer cases). The results the user asked for
+    (the plans, each fold's outcome and the selection) go to ``echo`` when given (the command line passes
+    ``print``); progress is logged.
     """
+    say = echo or (lambda text: None)
     options = options or OnboardOptions(name=name)
     options.name = name
     ws, spec, warnings, skipped = onboard(source, root, options, copy=copy, workers=workers, force=force_onboard,
@@ -48,9 +73,10 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
     run_fingerprint(ws, workers=workers)
     budget_s = parse_duration(budget) if budget else None
     plans, _ = run_plan(ws, budget_s=budget_s, device=device)
-    echo(summarize(plans))
+    say(summarize(plans))
+    result = RunResult(ws, plans)
     # with a budget, the configuration the plan chose for it; without, every planned one (as nnU-Net)
-    configs = configs or ([default_configuration(plans)] if budget_s else list(plans["configurations"]))
+    configs = configs or ([plans.default_configuration] if budget_s else list(plans.configurations))
     settings = TrainSettings(epochs=epochs, iterations_per_epoch=iterations_per_epoch, budget_s=budget_s,
                              device=device, workers=min(workers, 2), batch_size=batch_size)
     all_folds = fold_names(ws)
@@ -59,28 +85,15 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
         run_preprocess(ws, config, workers=workers)
         for fold in fold_list:
             res = run_train(ws, config, fold, settings)
+            result.trained.setdefault(config, {})[fold] = res
             v = res["validation"]
             if v:
-                echo(f"{config} fold {fold}: {res['state']['iteration']} iterations, "
-                     f"{res['state']['elapsed_s'] / 60:.1f} min; validation Dice {v['foreground_mean_dice']:.4f}")
+                say(f"{config} fold {fold}: {res['state']['iteration']} iterations, "
+                    f"{res['state']['elapsed_s'] / 60:.1f} min; validation Dice {v['foreground_mean_dice']:.4f}")
     if set(fold_list) >= set(all_folds):
-        echo(format_selection(run_select(ws, configs)))
+        result.selection = run_select(ws, configs)
+        say(format_selection(result.selection))
     else:
         log.info("select skipped: it compares cross-validation over all %d folds; %s trained", len(all_folds),
                  fold_list)
-    return 0
-
-
-def fold_names(ws: Workspace) -> list[str]:
-    """The folds of the workspace's splits.json ("0", "1", ...), creating splits.json on first use: 5 folds,
-    fewer when the data set has fewer cases (or subjects)."""
-    from segpipe.training.splits import load_splits
-
-    spec = load_dataset(ws)
-    return [str(k) for k in range(len(load_splits(ws, [c.id for c in spec.cases])))]
-
-
-def cross_validation_dice(ws: Workspace) -> float:
-    from segpipe.evaluation.selection import selection_path
-
-    return float(read_json(selection_path(ws), kind="selection")["cv_dice"]["foreground_mean_dice"])
+    return result

@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -42,7 +42,7 @@ class Heartbeat:
                     log.info("still working")
                 self.beat()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if not on_terminal():
             self._thread = threading.Thread(target=self._run, name="segpipe-heartbeat", daemon=True)
             self._thread.start()
@@ -93,7 +93,7 @@ class CaseProgress:
         if self.bar is not None:
             self.bar.close()
 
-    def __enter__(self) -> "CaseProgress":
+    def __enter__(self) -> CaseProgress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -26,10 +26,14 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segpipe.errors import SegpipeError
 from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
 from segpipe.workspace import Workspace
+
+if TYPE_CHECKING:
+    from segpipe.planning.plans import Configuration
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +153,10 @@ def train_stage(config: str, fold: str | int) -> str:
     return f"train_{config}_fold_{fold}"
 
 
-def fold_origin(ws: Workspace, config_name: str, config: dict) -> dict:
-    """What a fold of ``config_name`` trained now would be trained with: plan entry and preprocessing."""
-    return {"config": config_name, "plan_hash": config_hash(config),
+def fold_origin(ws: Workspace, config: Configuration) -> dict:
+    """What a fold of ``config`` trained now would be trained with: plan entry and preprocessing."""
+    config_name = config.name
+    return {"config": config_name, "plan_hash": config_hash(config.to_json()),
             "preprocess_hash": record_hash(ws, f"preprocess_{config_name}")}
 
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import copy_ws
+
 from segpipe.cli import main
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import SegpipeError

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_ws
+
 from segpipe.cli import main
 from segpipe.errors import SegpipeError
 from segpipe.locking import stage_lock

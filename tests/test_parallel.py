@@ -9,8 +9,8 @@ import signal
 from pathlib import Path
 
 import pytest
+from conftest import hippo_file, hippo_ids, make_msd
 
-from conftest import make_msd, hippo_ids
 from segpipe.cli import main
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.parallel import map_cases
@@ -91,21 +91,18 @@ def test_preprocess_reports_a_damaged_case_from_a_worker_and_finishes_the_others
     assert "1 of 4 case(s) failed" in err and "Traceback" not in err and "BrokenProcessPool" not in err
     done = sorted(p.stem for p in (ws / "d" / "preprocessed" / "3d_fullres").glob("*.npz"))
     assert done == sorted(set(ids) - {ids[2]})
-    shutil.copy(Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus_mri" / "imagesTr" / bad.name,
-                bad)
+    shutil.copy(hippo_file(ids[2]), bad)
     assert main(["preprocess", "-w", str(ws), "--workers", workers]) == 0
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_predict_reports_a_damaged_input_and_writes_the_other_cases(tiny_one_fold: Path, tmp_path: Path, workers: str,
                                                                    capsys):
-    from conftest import HIPPO
-
     img = tmp_path / "images"
     img.mkdir()
     ids = hippo_ids(10)[6:9]
     for cid in ids:
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", img / f"{cid}_0000.nii.gz")
+        shutil.copy(hippo_file(cid), img / f"{cid}_0000.nii.gz")
     bad = img / f"{ids[1]}_0000.nii.gz"
     bad.write_bytes(bad.read_bytes()[:2500])
     out = tmp_path / "pred"

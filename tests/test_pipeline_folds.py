@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from conftest import hippo_ids, make_msd
+
 from segpipe.cli import main
 from segpipe.io.jsonio import read_json
 

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_ws, tree_state
+
 from segpipe.cli import main
 from segpipe.io.jsonio import SCHEMA_VERSION, read_json, write_json
 from segpipe.records import TRAIN_ORIGIN, content_hash, record_hash, write_record

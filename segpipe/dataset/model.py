@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from segpipe.errors import Problem, SegpipeError, fail
 
@@ -50,8 +51,8 @@ class CaseEntry:
     spacing: list[float] | None = None
     subject: str | None = None
 
-    def to_dict(self) -> dict:
-        d = {"id": self.id, "images": list(self.images), "label": self.label}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "images": list(self.images), "label": self.label}
         if self.spacing is not None:
             d["spacing"] = list(self.spacing)
         if self.subject is not None:
@@ -105,7 +106,7 @@ class DatasetSpec:
                 "cases": [c.to_dict() for c in self.cases]}
 
     @classmethod
-    def from_dict(cls, d: dict, file: str | Path | None = None) -> "DatasetSpec":
+    def from_dict(cls, d: dict, file: str | Path | None = None) -> DatasetSpec:
         """Parse and check a workspace dataset.json (types, required keys, safe ids and paths)."""
         problems: list[Problem] = []
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from segpipe.dataset.formats import discover
 from segpipe.dataset.formats.common import OnboardOptions
 from segpipe.dataset.model import DatasetSpec, case_id_problem
+from segpipe.dataset.store import load_dataset
 from segpipe.dataset.subjects import assign_subjects
 from segpipe.dataset.validate import validate_dataset
 from segpipe.errors import Problem, SegpipeError, fail
@@ -24,12 +25,6 @@ from segpipe.records import input_state, up_to_date, write_record
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-def load_dataset(ws: Workspace) -> DatasetSpec:
-    """Read and check the workspace's dataset.json."""
-    ws.require_dataset()
-    return DatasetSpec.from_dict(read_json(ws.dataset_json, kind="dataset"), file=ws.dataset_json)
 
 
 def _complete_labels(spec: DatasetSpec, found: set[int]) -> list[Problem]:
@@ -52,7 +47,8 @@ def _complete_labels(spec: DatasetSpec, found: set[int]) -> list[Problem]:
 
 
 def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, options: OnboardOptions, copy: bool = False,
-            workers: int = 1, force: bool = False, allow_external_links: bool = False) -> tuple[Workspace, DatasetSpec, list[Problem], bool]:
+            workers: int = 1, force: bool = False, allow_external_links: bool = False,
+            ) -> tuple[Workspace, DatasetSpec, list[Problem], bool]:
     """Onboard ``source`` as dataset ``options.name``. Returns (workspace, spec, warnings, skipped)."""
     src = Path(os.path.abspath(Path(source).expanduser()))
     if not src.is_dir():

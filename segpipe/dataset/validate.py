@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from segpipe.dataset.model import CaseEntry, DatasetSpec, case_id_problem, relative_path_problem
 from segpipe.dataset.reading import map_label_values, resolve
 from segpipe.errors import Problem, SegpipeError

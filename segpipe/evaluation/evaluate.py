@@ -5,8 +5,9 @@ case id (HC18: ``*_Mask.png``). Label maps are read the way onboarding reads the
 use their first component, and 2D masks (PNG, TIFF, ...) stored as 0/255 are mapped 255 -> 1 unless 255 is a
 declared label. 2D files carry no pixel spacing: give ``pixel_spacing`` (mm) or a ``spacing_csv`` (the CSV
 onboarding reads) so that HD95, surface Dice and volumes are in mm. Every problem of every case is reported
-before anything is written: ``summary.json`` (per case and class, means per class, foreground mean) and
-``metrics.csv`` (one row per case and class) go to a folder outside the prediction and reference folders.
+before anything is written: ``summary.json`` (per case and class, means per class with the number of cases
+each is over, foreground mean; :func:`segpipe.evaluation.summary.summarize`) and ``metrics.csv`` (one row per
+case and class) go to a folder outside the prediction and reference folders.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from segpipe.dataset.formats.common import check_spacing_options, read_spacing_c
 from segpipe.dataset.reading import map_label_values
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.evaluation.metrics import case_metrics
+from segpipe.evaluation.summary import summarize
 from segpipe.io.atomic import atomic_write_text
 from segpipe.io.images import ENDINGS_2D, Geometry, file_ending, read_image
 from segpipe.io.jsonio import write_json
@@ -187,6 +189,7 @@ def _spacings(common: list[str], preds: dict[str, Path], refs: dict[str, Path], 
         return {c: None for c in common}, "assumed 1 mm (2D files carry none)"
     if pixel_spacing is not None:
         return {c: (pixel_spacing, pixel_spacing) if is_2d[c] else None for c in common}, "--pixel-spacing"
+    assert spacing_csv is not None  # one of the two is given (checked above)
     by_name = read_spacing_csv(Path(spacing_csv))
     out: dict[str, tuple[float, float] | None] = {}
     problems = []
@@ -206,29 +209,6 @@ def _spacings(common: list[str], preds: dict[str, Path], refs: dict[str, Path], 
     if problems:
         raise SegpipeError(problems)
     return out, f"--spacing-csv {spacing_csv}"
-
-
-def summarize(per_case: dict[str, dict[str, dict]], labels: dict[str, int]) -> dict:
-    """Means per class of every numeric metric (NaN skipped, with counts) and the foreground mean Dice."""
-    mean: dict[str, dict] = {}
-    for name, value in labels.items():
-        if value == 0:
-            continue
-        rows = [c[name] for c in per_case.values() if name in c]
-        m: dict = {}
-        counted: dict[str, int] = {}
-        for key in ("dice", "iou", "precision", "recall", "hd95_mm", "surface_dice"):
-            vals = [r[key] for r in rows if key in r and r[key] is not None and not np.isnan(r[key])]
-            m[key] = float(np.mean(vals)) if vals else float("nan")
-            counted[key] = len(vals)
-        m["n_cases"] = len(rows)
-        # how many cases each mean is over: a case where the structure was missed (or is absent) has no
-        # HD95, so mean HD95 is over fewer cases than mean Dice; the counts say so instead of hiding it
-        m["n_cases_per_metric"] = counted
-        m["n_empty_both"] = sum(bool(r.get("empty_reference_and_prediction")) for r in rows)
-        mean[name] = m
-    dices = [m["dice"] for m in mean.values() if not np.isnan(m["dice"])]
-    return {"mean": mean, "foreground_mean_dice": float(np.mean(dices)) if dices else float("nan")}
 
 
 def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: dict[str, int], output: Path | None = None,

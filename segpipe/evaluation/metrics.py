@@ -7,15 +7,50 @@ Dice at a tolerance (mm): the fraction of both surfaces' voxels lying within the
 Surfaces are the mask voxels with a 6- (3D) / 4- (2D) connected background neighbour.
 
 A class absent from both prediction and reference has no defined value: metrics are NaN and the result carries
-``"empty_reference_and_prediction": True`` instead of a silent 0 or 1. When only one side is empty, Dice is 0
-and the distances are NaN (``"empty_prediction"`` / ``"empty_reference"`` flags).
+``"empty_reference_and_prediction": True`` instead of a silent 0 or 1. When only one side is empty, Dice is 0,
+surface Dice is 0 and HD95 is NaN (undefined: ``"empty_prediction"`` / ``"empty_reference"`` flags); the summary
+(:mod:`segpipe.evaluation.summary`) counts such cases as missed / spurious instead of letting them vanish.
+
+The per-case record is ``{class name: ClassMetrics}`` (:data:`CaseRecord`), made by :func:`case_metrics` from
+arrays or by :func:`record_from_counts` from voxel counts alone.
 """
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypedDict
 
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 NAN = float("nan")
+
+Counts = tuple[int, int, int]  # (tp, fp, fn) voxel counts of one class in one case
+
+
+class ClassMetrics(TypedDict, total=False):
+    """Metrics of one class in one case. Counts in voxels, volumes in mm^3, distances in mm; NaN = undefined.
+
+    The overlap keys are always there; ``hd95_mm``, ``surface_dice`` and ``surface_tolerance_mm`` only when
+    surface metrics were computed."""
+
+    dice: float
+    iou: float
+    precision: float
+    recall: float
+    tp: int
+    fp: int
+    fn: int
+    volume_pred_mm3: float
+    volume_ref_mm3: float
+    empty_reference_and_prediction: bool
+    empty_prediction: bool
+    empty_reference: bool
+    hd95_mm: float
+    surface_dice: float
+    surface_tolerance_mm: float
+
+
+CaseRecord = dict[str, ClassMetrics]  # the per-case record: class name -> its metrics
 
 
 def confusion(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, int, int]:
@@ -27,25 +62,8 @@ def confusion(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, 
     return tp, fp, fn, int(p.size) - tp - fp - fn
 
 
-def mean_dice_per_class(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> dict[str, float]:
-    """Mean Dice over (prediction, reference) pairs for each foreground class; cases where the class is absent
-    from both are left out (NaN when that is every case)."""
-    out = {}
-    for name, v in labels.items():
-        if v == 0:
-            continue
-        vals = []
-        for pred, ref in pairs:
-            tp, fp, fn, _ = confusion(pred, ref, v)
-            if tp + fp + fn:
-                vals.append(2 * tp / (2 * tp + fp + fn))
-        out[name] = float(np.mean(vals)) if vals else NAN
-    return out
-
-
-def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: int, voxel_volume_mm3: float = 1.0) -> dict:
-    """Dice, IoU, precision, recall and volumes (mm^3) of one class."""
-    tp, fp, fn, _ = confusion(pred, ref, label)
+def overlap_from_counts(tp: int, fp: int, fn: int, voxel_volume_mm3: float = 1.0) -> ClassMetrics:
+    """Dice, IoU, precision, recall and volumes (mm^3) of one class from its voxel counts."""
     empty = tp + fp + fn == 0
     return {"dice": NAN if empty else 2 * tp / (2 * tp + fp + fn),
             "iou": NAN if empty else tp / (tp + fp + fn),
@@ -55,6 +73,22 @@ def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: int, voxel_volume_
             "volume_pred_mm3": (tp + fp) * voxel_volume_mm3, "volume_ref_mm3": (tp + fn) * voxel_volume_mm3,
             "empty_reference_and_prediction": empty,
             "empty_prediction": tp + fp == 0, "empty_reference": tp + fn == 0}
+
+
+def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: int, voxel_volume_mm3: float = 1.0) -> ClassMetrics:
+    """Dice, IoU, precision, recall and volumes (mm^3) of one class."""
+    tp, fp, fn, _ = confusion(pred, ref, label)
+    return overlap_from_counts(tp, fp, fn, voxel_volume_mm3)
+
+
+def class_counts(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, int]) -> dict[str, Counts]:
+    """(tp, fp, fn) voxel counts of every foreground class (value != 0) of one case."""
+    return {name: confusion(pred, ref, v)[:3] for name, v in labels.items() if v != 0}
+
+
+def record_from_counts(counts: Mapping[str, Counts], voxel_volume_mm3: float = 1.0) -> CaseRecord:
+    """The per-case record (overlap metrics only) from per-class (tp, fp, fn) voxel counts."""
+    return {name: overlap_from_counts(*c, voxel_volume_mm3) for name, c in counts.items()}
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -77,8 +111,10 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray
     return da[sa], db[sb]
 
 
-def surface_metrics(pred: np.ndarray, ref: np.ndarray, label: int, spacing, tolerance_mm: float = 1.0) -> dict:
-    """HD95 (mm) and surface Dice at ``tolerance_mm`` of one class."""
+def surface_metrics(pred: np.ndarray, ref: np.ndarray, label: int, spacing, tolerance_mm: float = 1.0
+                    ) -> ClassMetrics:
+    """HD95 (mm) and surface Dice at ``tolerance_mm`` of one class. One side empty: HD95 NaN (undefined),
+    surface Dice 0; both empty: both NaN."""
     p, r = pred == label, ref == label
     if not p.any() or not r.any():
         return {"hd95_mm": NAN, "surface_dice": NAN if not (p.any() or r.any()) else 0.0,
@@ -90,12 +126,16 @@ def surface_metrics(pred: np.ndarray, ref: np.ndarray, label: int, spacing, tole
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int], spacing,
-                 tolerance_mm: dict[str, float] | float = 1.0, surface: bool = True) -> dict[str, dict]:
-    """All metrics of every foreground class of one case: ``{class name: {metric: value}}``."""
+                 tolerance_mm: dict[str, float] | float = 1.0, surface: bool = True) -> CaseRecord:
+    """All metrics of every foreground class of one case: ``{class name: {metric: value}}``.
+
+    ``pred`` and ``ref``: label maps of the same shape, ``(z, y, x)`` or ``(y, x)``; ``spacing`` in mm per
+    axis in the same order; ``tolerance_mm``: surface Dice tolerance, one for all classes or per class name.
+    ``surface=False`` leaves out HD95 and surface Dice (overlap metrics only)."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     vox = float(np.prod(spacing))
-    out = {}
+    out: CaseRecord = {}
     for name, value in labels.items():
         if value == 0:
             continue

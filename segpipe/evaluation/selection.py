@@ -2,34 +2,35 @@
 cross-validation, and store the choice in ``selection.json`` (used by ``segpipe predict --best``).
 
 Cross-validation predictions are the folds' ``validation/<case><ending>`` exports (every case is held out by
-exactly one fold); ensembles average the folds' exported probabilities (``validation/<case>.npz``).
+exactly one fold); ensembles average the folds' exported probabilities (``validation/<case>.npz``). Cases are
+read one at a time and reduced to per-class voxel counts (:func:`select_from_files`); the Dice tables are made
+by the one summary, :func:`segpipe.evaluation.summary.summarize`.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_label
-from segpipe.errors import fail
-from segpipe.evaluation.metrics import mean_dice_per_class
-from segpipe.evaluation.postprocessing import apply_postprocessing, choose_postprocessing
-from segpipe.inference.export import probabilities_path
+from segpipe.dataset.store import load_dataset
+from segpipe.errors import error_context, fail
+from segpipe.evaluation.metrics import Counts, class_counts, record_from_counts
+from segpipe.evaluation.postprocessing import case_counts, choose_from_counts
+from segpipe.evaluation.summary import OVERLAP_METRICS, summarize
+from segpipe.inference.export import label_map, probabilities_path
 from segpipe.io.images import read_image
-from segpipe.locking import locked
 from segpipe.io.jsonio import read_json, write_json
+from segpipe.locking import locked
+from segpipe.planning.plans import load_plans
 from segpipe.records import input_state, up_to_date, write_record
 from segpipe.training.splits import load_splits
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-def selection_path(ws: Workspace) -> Path:
-    return ws.dir / "selection.json"
 
 
 def _cv_files(ws: Workspace, config: str, n_folds: int, ending: str) -> dict[str, Path] | None:
@@ -46,9 +47,73 @@ def _cv_files(ws: Workspace, config: str, n_folds: int, ending: str) -> dict[str
     return out
 
 
-def _dice_table(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> dict:
-    per_class = mean_dice_per_class(pairs, labels)
-    return {"dice": per_class, "foreground_mean_dice": float(np.nanmean(list(per_class.values())))}
+def _dice_table(counts: dict[str, dict[str, Counts]], labels: dict[str, int]) -> dict:
+    """Mean Dice per class and foreground mean Dice from per-case ``{class: (tp, fp, fn)}`` voxel counts, by
+    the one summary (:func:`segpipe.evaluation.summary.summarize`); ``mean`` holds every mean per class with
+    the number of cases it is over (and the empty / missed / spurious counts)."""
+    s = summarize({cid: record_from_counts(c) for cid, c in counts.items()}, labels, OVERLAP_METRICS)
+    return {"dice": {name: m["dice"] for name, m in s["mean"].items()},
+            "foreground_mean_dice": s["foreground_mean_dice"],
+            "foreground_mean_dice_n_classes": s["foreground_mean_dice_n_classes"], "n_cases": s["n_cases"],
+            "mean": s["mean"]}
+
+
+def candidate_configs(done: dict[str, dict[str, Path]], case_ids: list[str]) -> dict[str, list[str]]:
+    """Every candidate and its configurations, in the order they are compared (ties go to the first): each
+    configuration, then each ensemble ``ensemble(a+b)`` of two or more whose folds saved probabilities for
+    every case."""
+    out = {c: [c] for c in done}
+    for r in range(2, len(done) + 1):
+        for combo in itertools.combinations(sorted(done), r):
+            if all(probabilities_path(done[c][k]).is_file() for c in combo for k in case_ids):
+                out["ensemble(" + "+".join(combo) + ")"] = list(combo)
+    return out
+
+
+def case_predictions(done: dict[str, dict[str, Path]], cid: str,
+                     candidates: dict[str, list[str]]) -> Iterator[tuple[str, np.ndarray]]:
+    """The label map of case ``cid`` (raw geometry, e.g. ``(z, y, x)``) of each candidate, one at a time: a
+    configuration's exported label map, or the argmax of its configurations' mean probabilities (each
+    configuration's probabilities of this case are loaded once)."""
+    probs: dict[str, np.ndarray] = {}
+    for name, configs in candidates.items():
+        if len(configs) == 1:
+            yield name, read_image(done[configs[0]][cid])[0]
+            continue
+        for c in configs:
+            if c not in probs:
+                probs[c] = np.load(probabilities_path(done[c][cid]))["probabilities"].astype(np.float32)
+        yield name, label_map(np.mean([probs[c] for c in configs], axis=0))
+
+
+def select_from_files(done: dict[str, dict[str, Path]], case_ids: list[str],
+                      reference: Callable[[str], np.ndarray], labels: dict[str, int]) -> dict:
+    """Score every candidate, take the best by foreground mean Dice and choose its post-processing.
+
+    Cases are streamed: each case's reference and predictions are read, reduced to per-class (tp, fp, fn)
+    voxel counts, and dropped. A first pass counts every candidate; a second pass reads the best candidate's
+    predictions again for the counts with and without each post-processing step
+    (:class:`segpipe.evaluation.postprocessing.CaseCounts`). ``done``: configuration -> case -> exported
+    validation label map; ``reference(cid)``: the reference label map of a case."""
+    candidates = candidate_configs(done, case_ids)
+    counts: dict[str, dict[str, dict[str, Counts]]] = {name: {} for name in candidates}
+    for cid in case_ids:
+        with error_context("select", cid):
+            ref = reference(cid)
+            for name, pred in case_predictions(done, cid, candidates):
+                counts[name][cid] = class_counts(pred, ref, labels)
+    tables = {name: {"configs": configs, **_dice_table(counts[name], labels)} for name, configs in candidates.items()}
+    best = max(tables, key=lambda n: tables[n]["foreground_mean_dice"])
+    pp_counts = {}
+    for cid in case_ids:
+        with error_context("select", cid):
+            for _, pred in case_predictions(done, cid, {best: candidates[best]}):
+                pp_counts[cid] = case_counts(pred, reference(cid), labels)
+    pp = choose_from_counts(pp_counts.values(), labels)
+    final = _dice_table({cid: c.after(pp) for cid, c in pp_counts.items()}, labels)
+    return {"candidates": tables, "best": best, "configs": candidates[best],
+            "postprocessing": {"foreground": pp["foreground"], "classes": pp["classes"]},
+            "cv_dice_before_postprocessing": tables[best], "cv_dice": final}
 
 
 def _select_inputs(ws: Workspace, spec, done: dict[str, dict[str, Path]]) -> dict[str, str]:
@@ -63,9 +128,9 @@ def _select_inputs(ws: Workspace, spec, done: dict[str, dict[str, Path]]) -> dic
 def run_select(ws: Workspace, configs: list[str] | None = None, force: bool = False) -> dict:
     """Choose the best configuration/ensemble and post-processing; skipped when its inputs did not change."""
     spec = load_dataset(ws)
-    plans = read_json(ws.plans_json, kind="plans")
+    plans = load_plans(ws)
     n_folds = len(load_splits(ws, [c.id for c in spec.cases]))
-    names = configs or list(plans["configurations"])
+    names = configs or list(plans.configurations)
     cv = {c: _cv_files(ws, c, n_folds, spec.file_ending) for c in names}
     done = {c: f for c, f in cv.items() if f}
     if not done:
@@ -74,37 +139,18 @@ def run_select(ws: Workspace, configs: list[str] | None = None, force: bool = Fa
     for c in set(names) - set(done):
         log.warning("%s skipped: not every fold is trained and validated", c)
     inputs, settings = _select_inputs(ws, spec, done), {"configs": sorted(names), "n_folds": n_folds}
-    if not force and up_to_date(ws, "select", inputs, settings, [selection_path(ws)]):
+    if not force and up_to_date(ws, "select", inputs, settings, [ws.selection_json]):
         log.info("select: cross-validation results unchanged; skipping")
-        return read_json(selection_path(ws), kind="selection")
-    refs = {c.id: np.rint(read_label(spec, ws.raw, c)[0]).astype(np.int16) for c in spec.cases}
-    labels = spec.labels
-    candidates: dict[str, dict] = {}
-    preds: dict[str, dict[str, np.ndarray]] = {}
-    for c, files in done.items():
-        preds[c] = {cid: read_image(p)[0] for cid, p in files.items()}
-        candidates[c] = {"configs": [c], **_dice_table([(preds[c][k], refs[k]) for k in refs], labels)}
-    for r in range(2, len(done) + 1):
-        for combo in itertools.combinations(sorted(done), r):
-            if not all(probabilities_path(done[c][k]).is_file() for c in combo for k in refs):
-                continue
-            ens = {}
-            for k in refs:
-                probs = np.mean([np.load(probabilities_path(done[c][k]))["probabilities"].astype(np.float32)
-                                 for c in combo], axis=0)
-                ens[k] = np.argmax(probs, axis=0)
-            name = "ensemble(" + "+".join(combo) + ")"
-            preds[name] = ens
-            candidates[name] = {"configs": list(combo), **_dice_table([(ens[k], refs[k]) for k in refs], labels)}
-    best = max(candidates, key=lambda n: candidates[n]["foreground_mean_dice"])
-    pp = choose_postprocessing([(preds[best][k], refs[k]) for k in refs], labels)
-    final = _dice_table([(apply_postprocessing(preds[best][k], pp, labels), refs[k]) for k in refs], labels)
-    selection = {"candidates": candidates, "best": best, "configs": candidates[best]["configs"],
-                 "folds": list(range(n_folds)),
-                 "postprocessing": {"foreground": pp["foreground"], "classes": pp["classes"]},
-                 "cv_dice_before_postprocessing": candidates[best], "cv_dice": final}
-    write_json(selection_path(ws), selection, kind="selection")
-    write_record(ws, "select", inputs, settings, [selection_path(ws)])
+        return read_json(ws.selection_json, kind="selection")
+    case_ids = [c.id for c in spec.cases]
+    cases = {c.id: c for c in spec.cases}
+
+    def reference(cid: str) -> np.ndarray:
+        return np.rint(read_label(spec, ws.raw, cases[cid])[0]).astype(np.int16)
+
+    selection = {**select_from_files(done, case_ids, reference, spec.labels), "folds": list(range(n_folds))}
+    write_json(ws.selection_json, selection, kind="selection")
+    write_record(ws, "select", inputs, settings, [ws.selection_json])
     return selection
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from segpipe.dataset.model import CaseEntry, DatasetSpec
-from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_case
+from segpipe.dataset.store import load_dataset
 from segpipe.fingerprint.aggregate import aggregate
 from segpipe.fingerprint.case import fingerprint_case
-from segpipe.locking import locked
 from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
+from segpipe.locking import locked
 from segpipe.parallel import map_cases
 from segpipe.records import input_state, up_to_date, write_record
 from segpipe.workspace import Workspace
@@ -34,7 +36,7 @@ def run_fingerprint(ws: Workspace, workers: int = 1, force: bool = False,
     spec = load_dataset(ws)
     refuse_if_newer(ws.fingerprint_json, writing=True)  # before any work, --force or not
     settings = {"max_samples": max_samples, "seed": seed}
-    raw_files = [ws.raw / f for c in spec.cases for f in c.images + [c.label]]
+    raw_files = [ws.raw / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
     inputs = input_state([ws.dataset_json], raw_files)
     if not force and up_to_date(ws, "fingerprint", inputs, settings, [ws.fingerprint_json]):
         log.info("fingerprint: inputs unchanged; skipping (use --force to redo)")
@@ -42,7 +44,8 @@ def run_fingerprint(ws: Workspace, workers: int = 1, force: bool = False,
     per_case = max(1, max_samples // max(1, len(spec.cases)))
     args = [(spec, ws.raw, c, per_case, seed + i) for i, c in enumerate(spec.cases)]
     results = map_cases(_one, args, workers, "fingerprint", cases=[c.id for c in spec.cases])
-    cases, samples = {}, [[] for _ in spec.channels]
+    cases: dict[str, dict] = {}
+    samples: list[list[np.ndarray]] = [[] for _ in spec.channels]
     for c, r in zip(spec.cases, results):
         for k, s in enumerate(r.pop("samples")):
             samples[k].append(s)

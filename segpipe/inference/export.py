@@ -4,6 +4,8 @@ Preprocessing cropped a case to its nonzero bounding box and resampled it to the
 undoes both: probabilities are resampled back to the cropped shape (linear interpolation, the coarse axis of
 anisotropic cases with nearest neighbour, as in preprocessing), renormalised, and placed into an array of
 the raw shape whose outside is background. The label map is their argmax, written with the raw geometry.
+
+Every label map segpipe writes (final validation, ``segpipe predict``) is written by :func:`write_prediction`.
 """
 from __future__ import annotations
 
@@ -60,16 +62,38 @@ def probabilities_path(out_path: str | Path) -> Path:
     return out_path.with_name(name + ".npz")
 
 
+def label_map(probs: np.ndarray) -> np.ndarray:
+    """The label map (argmax over classes; uint8, uint16 beyond 256 classes) of probabilities
+    ``(n_classes, *spatial)``: ``(*spatial)``, e.g. ``(z, y, x)``."""
+    return np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+
+
+def write_prediction(probs: np.ndarray, geometry: Geometry | dict, out_path: str | Path,
+                     save_probabilities: bool = False, postprocess: dict | None = None,
+                     labels: dict[str, int] | None = None) -> np.ndarray:
+    """Write the label map of probabilities already in the raw geometry (``(n_classes, *raw_shape)``, e.g.
+    ``(n_classes, z, y, x)``) to ``out_path`` (atomically, format by ending, with ``geometry``: spacing in mm,
+    origin, direction), post-processed by a stored ``postprocess`` choice (needs ``labels``) when given, and
+    the probabilities (float16, key ``probabilities``) in ``<out_path without ending>.npz`` when
+    ``save_probabilities``. Returns the label map written. Every label-map export goes through here."""
+    seg = label_map(probs)
+    if postprocess:
+        from segpipe.evaluation.postprocessing import apply_postprocessing
+
+        seg = apply_postprocessing(seg, postprocess, labels or {})
+    geo = geometry if isinstance(geometry, Geometry) else Geometry.from_dict(geometry)
+    write_image(seg, geo, out_path)
+    if save_probabilities:
+        atomic_save_npz(probabilities_path(out_path), probabilities=probs.astype(np.float16))
+    return seg
+
+
 def export_label_map(probs: torch.Tensor | np.ndarray, props: dict, out_path: str | Path | None = None,
                      save_probabilities: bool = False) -> np.ndarray:
     """The label map (argmax, uint8, raw shape) of ``probs`` in the raw geometry; written to ``out_path``
     (atomically, format by ending) when given, with the probabilities (float16, key ``probabilities``,
     raw geometry) in ``<out_path without ending>.npz`` when ``save_probabilities``."""
     full = probabilities_to_original(probs, props)
-    dtype = np.uint8 if full.shape[0] <= 256 else np.uint16
-    seg = np.argmax(full, axis=0).astype(dtype)
-    if out_path is not None:
-        write_image(seg, Geometry.from_dict(props["geometry"]), out_path)
-        if save_probabilities:
-            atomic_save_npz(probabilities_path(out_path), probabilities=full.astype(np.float16))
-    return seg
+    if out_path is None:
+        return label_map(full)
+    return write_prediction(full, props["geometry"], out_path, save_probabilities)

@@ -37,7 +37,8 @@ def _duplicate_problems(input_dir: Path, owners: dict[tuple[str, int | None], li
     problems = [Problem(f"{len(names)} files give case '{cid}'{'' if ch is None else f' channel {ch:04d}'}: "
                         f"{', '.join(names)}", "keep one file per case (and channel); move the others out of "
                         "the input folder", str(input_dir), cid)
-                for (cid, ch), names in sorted(owners.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))
+                for (cid, ch), names in sorted(owners.items(),
+                                               key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))
                 if len(names) > 1]
     plain_ids = {cid for cid, ch in owners if ch is None}
     for cid in sorted(plain_ids):
@@ -109,6 +110,7 @@ def apply_spacing(input_dir: Path, cases: list[CaseEntry], pixel_spacing: float 
         for c in two_d:
             c.spacing = [pixel_spacing, pixel_spacing]
         return
+    assert spacing_csv is not None  # one of the two is given (checked above)
     by_name = read_spacing_csv(Path(spacing_csv))
     problems = []
     for c in two_d:

@@ -17,16 +17,17 @@ import torch
 
 from segpipe.dataset.model import DatasetSpec
 from segpipe.dataset.reading import read_channels
-from segpipe.errors import Problem, fail
-from segpipe.inference.export import probabilities_path, probabilities_to_original
+from segpipe.errors import Problem, fail, failure_problems
+from segpipe.inference.export import probabilities_to_original, write_prediction
 from segpipe.inference.inputs import discover_inputs, resolve_inputs  # noqa: F401 - discover_inputs re-exported
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
-from segpipe.io.atomic import atomic_save_npz, remove_stale_temporaries
-from segpipe.io.images import Geometry, file_ending, write_image
+from segpipe.io.atomic import remove_stale_temporaries
+from segpipe.io.images import GeometryDict, file_ending
 from segpipe.networks import build_network
-from segpipe.parallel import CasePool, CaseTask, case_failures_error, failure_problems
-from segpipe.progress import CaseProgress
+from segpipe.parallel import CasePool, CaseTask, case_failures_error
+from segpipe.planning.plans import Configuration
 from segpipe.preprocessing.case import preprocess_case
+from segpipe.progress import CaseProgress
 from segpipe.training.checkpoint import check_compatible, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -36,28 +37,34 @@ log = logging.getLogger(__name__)
 class Model:
     """The networks of one configuration (one per fold) and its plan entry."""
 
-    config_name: str
-    config: dict
+    config: Configuration
     networks: list[torch.nn.Module]
 
+    @property
+    def config_name(self) -> str:
+        return self.config.name
 
-def load_model(results_dir: Path, config_name: str, config: dict, folds: list[str], n_channels: int,
+
+def load_model(results_root: Path, config: Configuration, folds: list[str], n_channels: int,
                n_classes: int, device: torch.device, checkpoint: str = "final") -> Model:
+    """The networks of ``config``'s ``folds`` from ``results_root/fold_<k>/checkpoint_<checkpoint>.pt``
+    (``results_root``: :meth:`Workspace.results_root`), checked against the plan's network before their weights
+    are loaded."""
     nets = []
     for fold in folds:
-        path = results_dir / config_name / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+        path = Path(results_root) / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
         state = load_checkpoint(path, map_location="cpu")
-        check_compatible(state, config["network"], path)
+        check_compatible(state, config.network, path)
         if state.get("n_channels", n_channels) != n_channels:
             raise fail(f"checkpoint expects {state['n_channels']} channels, the data set has {n_channels}",
                        "use the workspace the model was trained in", file=path)
-        net = build_network(config["network"], n_channels, n_classes, deep_supervision=False)
+        net = build_network(config.network, n_channels, n_classes, deep_supervision=False)
         net.load_state_dict(state["network"])
         nets.append(net.to(device).eval())
-    return Model(config_name, config, nets)
+    return Model(config, nets)
 
 
-def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], dict]:
+def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], GeometryDict]:
     """Worker: read one input case and preprocess it for each configuration."""
     spec, root, case, configs = args
     data, geo = read_channels(spec, root, case)
@@ -65,26 +72,25 @@ def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], dict]:
         raise fail(f"image has {data.shape[0]} channel(s), the model expects {spec.n_channels}",
                    "give the same channels as in training", file=root / case.images[0], case=case.id)
     out = []
-    for name, cfg in configs:
-        pdata, _, props = preprocess_case(data, None, geo, cfg, name, case_id=case.id,
+    for cfg in configs:
+        pdata, _, props = preprocess_case(data, None, geo, cfg, case_id=case.id,
                                           file=str(root / case.images[0]))
         out.append((pdata, props))
-    return case.id, out, geo.to_dict()
+    return case.id, out, geo.as_in_file().to_dict()  # written as the input's header has it
 
 
 def _export(args) -> str:
     """Worker: average probabilities already in original geometry, post-process, write."""
     probs_list, geo, out_path, postprocess, save_probs, labels = args
     probs = np.mean(probs_list, axis=0) if len(probs_list) > 1 else probs_list[0]
-    seg = np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
-    if postprocess:
-        from segpipe.evaluation.postprocessing import apply_postprocessing
-
-        seg = apply_postprocessing(seg, postprocess, labels)
-    write_image(seg, Geometry.from_dict(geo), out_path)
-    if save_probs:
-        atomic_save_npz(probabilities_path(out_path), probabilities=probs.astype(np.float16))
+    write_prediction(probs, geo, out_path, save_probs, postprocess, labels)
     return str(out_path)
+
+
+def _case_of(task: CaseTask) -> str:
+    if task.case is None:  # every task of predict_folder is submitted with its case id
+        raise ValueError("predict: a task without a case id")
+    return task.case
 
 
 def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, output_dir: Path, device: torch.device,
@@ -98,7 +104,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     cases = resolve_inputs(input_dir, spec, pixel_spacing, spacing_csv)
     in_spec = DatasetSpec(spec.name, str(input_dir), spec.format, spec.channels, spec.labels, spec.file_ending,
                           cases, channels_in_file=spec.channels_in_file, allow_external_links=True)
-    configs = [(m.config_name, m.config) for m in models]
+    configs = [m.config for m in models]
     ending = file_ending(cases[0].images[0]) or spec.file_ending
     remove_stale_temporaries(output_dir)  # left by a killed earlier run (a live run's are kept)
     written: list[str] = []
@@ -116,7 +122,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                 if ok:
                     written.append(value)
                 else:
-                    failures[task.case] = value
+                    failures[_case_of(task)] = value
                 bar.update(task.case, failed=not ok)
 
         while True:
@@ -127,7 +133,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
             task = preparing.pop(0)
             ok, value = pool.outcome(task)
             if not ok:
-                failures[task.case] = value
+                failures[_case_of(task)] = value
                 bar.update(task.case, failed=True)
                 continue
             cid, prepared, geo = value
@@ -154,11 +160,13 @@ def _predict_model(model: Model, pdata: np.ndarray, props: dict, n_classes: int,
     """Fold-averaged probabilities of one configuration for one preprocessed case, in the raw geometry
     ``(n_classes, *raw_shape)``."""
     cfg = model.config
-    mirror_axes = mirror_axes_for(len(cfg["patch_size"])) if mirror else None
-    probs = None
+    mirror_axes = mirror_axes_for(cfg.ndim) if mirror else None
+    probs: torch.Tensor | None = None
     for net in model.networks:
-        p = predict_sliding_window(net, pdata, cfg["patch_size"], n_classes, mirror_axes,
-                                   batch_size=batch_size or max(1, int(cfg["batch_size"])),
+        p = predict_sliding_window(net, pdata, list(cfg.patch_size), n_classes, mirror_axes,
+                                   batch_size=batch_size or cfg.batch_size,
                                    device=device, amp=amp_dtype is not None, amp_dtype=amp_dtype)
         probs = p if probs is None else probs + p
+    if probs is None:
+        raise ValueError(f"configuration {cfg.name}: no trained network to predict with")
     return probabilities_to_original(probs / len(model.networks), props)

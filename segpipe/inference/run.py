@@ -4,21 +4,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from segpipe.dataset.onboard import load_dataset
 from segpipe import records
+from segpipe.dataset.store import load_dataset
+from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import fail
 from segpipe.inference.predict import load_model, predict_folder
-from segpipe.locking import locked
 from segpipe.io.jsonio import read_json
-from segpipe.planning.run import default_configuration, get_configuration
-from segpipe.devices import autocast_dtype, pick_device
+from segpipe.locking import locked
+from segpipe.planning.plans import Configuration, load_plans
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
 def trained_folds(ws: Workspace, config: str, checkpoint: str = "final") -> list[str]:
-    root = ws.dir / "results" / config
+    root = ws.results_root(config)
     if not root.is_dir():
         return []
     return sorted(p.name[len("fold_"):] for p in root.glob("fold_*") if (p / f"checkpoint_{checkpoint}.pt").is_file())
@@ -39,28 +39,26 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
     2D inputs (PNG, ...) need their pixel size (mm): ``pixel_spacing`` for all, or ``spacing_csv`` per file.
     """
     spec = load_dataset(ws)
-    plans = read_json(ws.plans_json, kind="plans")
+    plans = load_plans(ws)
     postprocess = None
     if best:
-        from segpipe.evaluation.selection import selection_path
-
-        sel = read_json(selection_path(ws), kind="selection")
+        sel = read_json(ws.selection_json, kind="selection")
         configs, folds = sel["configs"], [str(f) for f in sel["folds"]]
         postprocess = sel["postprocessing"]
     if not configs:
-        configs = [default_configuration(plans)]
+        configs = [plans.default_configuration]
     dev = pick_device(device)
     models = []
     for c in configs:
-        cfg = get_configuration(plans, c, ws.plans_json)
+        cfg = plans.configuration(c)
         fs = [str(f) for f in folds] if folds else trained_folds(ws, c, checkpoint)
         if not fs:
             raise fail(f"no trained fold of {c}", f"run `segpipe train --config {c} --fold 0` (or --fold each)",
-                       file=ws.dir / "results" / c)
-        models.append(load_model(ws.dir / "results", c, cfg, fs, spec.n_channels,
-                                 spec.n_classes, dev, checkpoint))
+                       file=ws.results_root(c))
+        models.append(load_model(ws.results_root(c), cfg, fs, spec.n_channels, spec.n_classes, dev, checkpoint))
         _check_folds_plan(ws, c, cfg, fs)  # after load_model, which names a changed network more precisely
-    desc = " + ".join(f"{m.config_name} (folds {', '.join(str(f) for f in (folds or trained_folds(ws, m.config_name, checkpoint)))})"
+    desc = " + ".join(f"{m.config_name} (folds "
+                      f"{', '.join(str(f) for f in (folds or trained_folds(ws, m.config_name, checkpoint)))})"
                       for m in models)
     if postprocess and (postprocess.get("foreground") or postprocess.get("classes")):
         desc += f", post-processing {postprocess}"
@@ -74,9 +72,9 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
     return written, desc
 
 
-def _check_folds_plan(ws: Workspace, config: str, cfg: dict, folds: list[str]) -> None:
+def _check_folds_plan(ws: Workspace, config: str, cfg: Configuration, folds: list[str]) -> None:
     """Refuse folds trained with another plan configuration than the current plans.json entry."""
-    current = records.config_hash(cfg)
+    current = records.config_hash(cfg.to_json())
     for f in folds:
         fold_dir = ws.results(config, f)
         origin = records.read_fold_origin(fold_dir)
@@ -96,7 +94,7 @@ def _write_predict_record(ws: Workspace, input_dir: Path, output_dir: Path, mode
     input_dir, output_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
     inputs = records.input_state([], sorted(p for p in input_dir.iterdir() if p.is_file()))
     for m in models:
-        inputs["plan:" + m.config_name] = records.config_hash(m.config)
+        inputs["plan:" + m.config_name] = records.config_hash(m.config.to_json())
         ck = f"checkpoint_{settings['checkpoint']}.pt"
         inputs.update(records.input_state([], sorted(ws.dir.glob(f"results/{m.config_name}/fold_*/{ck}"))))
     records.write_output_record(ws, "predict", output_dir, inputs, settings, [Path(w) for w in written],

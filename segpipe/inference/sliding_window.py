@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,8 +125,9 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray | torch.Te
 
     starts = [window_starts(s, p, step) for s, p in zip(slide_p, patch)]
     window_slices = [tuple(slice(s, s + p) for s, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+    windows: list[tuple[int | slice, ...]]
     if pdim == 3:
-        windows = window_slices  # index into (Z, Y, X)
+        windows = list(window_slices)  # index into (Z, Y, X)
     else:
         windows = [(z,) + sl for z in range(padded[0]) for sl in window_slices]  # index into (Z, Y, X)
 
@@ -152,21 +153,23 @@ def predict_sliding_window(network: torch.nn.Module, data: np.ndarray | torch.Te
     with torch.inference_mode():
         for chunk in _chunks(windows, batch_size):
             batch = torch.stack([x[(slice(None),) + w] for w in chunk])  # (B, c, *patch)
-            probs = None
+            probs: torch.Tensor | None = None
             for dims in flips:
                 inp = torch.flip(batch, dims) if dims else batch
                 with autocast:
                     logits = _logits(network, inp)
-                p = torch.softmax(logits.float(), dim=1)
+                prob = torch.softmax(logits.float(), dim=1)
                 if dims:
-                    p = torch.flip(p, dims)
-                probs = p if probs is None else probs.add_(p)
+                    prob = torch.flip(prob, dims)
+                probs = prob if probs is None else probs.add_(prob)
+            if probs is None:  # unreachable: flips always holds the identity ()
+                raise ValueError("no mirroring combination to predict with")
             if probs.shape[1] != n_classes or tuple(probs.shape[2:]) != patch:
                 raise ValueError(f"network returned {tuple(probs.shape)}, expected "
                                  f"(B, {n_classes}, {', '.join(map(str, patch))})")
             probs.mul_(weight_patch * scale if len(flips) > 1 else weight_patch)
-            for w, p in zip(chunk, probs):
-                acc[(slice(None),) + w] += p
+            for w, prob in zip(chunk, probs):
+                acc[(slice(None),) + w] += prob
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:

@@ -16,10 +16,12 @@ import secrets
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def verify_zip(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, verify: Verifier | None = verify_not_empty) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], verify: Verifier | None = verify_not_empty) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it, run ``verify`` on it (a file; folders are
     not checked), rename it onto ``path`` and fsync the folder; on any failure delete it and keep ``path``."""
     path = Path(path)
@@ -102,7 +104,7 @@ def atomic_path(path: str | os.PathLike, verify: Verifier | None = verify_not_em
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     def same_size(tmp: Path) -> None:
         if tmp.stat().st_size != len(data):
             raise verification_failed(tmp, f"{tmp.stat().st_size} of {len(data)} bytes written")
@@ -112,11 +114,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save_npz(path: str | os.PathLike, compress: bool = True, **arrays: np.ndarray) -> None:
+def atomic_save_npz(path: str | os.PathLike[str], compress: bool = True, **arrays: npt.NDArray[Any]) -> None:
     """Save arrays to a ``.npz`` (compressed by default) atomically; no pickled objects (object arrays are
     refused)."""
     for name, arr in arrays.items():
@@ -124,7 +126,9 @@ def atomic_save_npz(path: str | os.PathLike, compress: bool = True, **arrays: np
             raise TypeError(f"refusing to save object array '{name}' (would need pickle)")
     with atomic_path(path, verify=verify_zip) as tmp:
         with open(tmp, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
+            # typed as a plain callable: numpy's stubs would match an array named 'allow_pickle' to that flag
+            save: Callable[..., None] = np.savez_compressed if compress else np.savez
+            save(fh, **arrays)
 
 
 def exchange_paths(a: Path, b: Path) -> bool:
@@ -188,7 +192,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> int:
+def remove_stale_temporaries(folder: str | os.PathLike[str], recursive: bool = False) -> int:
     """Delete temporary files and folders in ``folder`` whose writing process is gone. Returns how many.
 
     A temporary of a live process (another segpipe command running now) is never touched. With

@@ -11,12 +11,16 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
+from segpipe.axes import ShapeVox, SpacingMM
 from segpipe.errors import fail
 from segpipe.io.atomic import atomic_path
 
@@ -32,7 +36,45 @@ IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".
 ENDINGS_2D = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 
-def file_ending(path: str | os.PathLike) -> str:
+class _SitkImage(Protocol):
+    """The methods of ``SimpleITK.Image`` used here, typed (SimpleITK's SWIG-generated methods are unannotated).
+
+    Sizes, spacings and origins are in SimpleITK's physical ``(x, y, z)`` order."""
+
+    def GetSize(self) -> tuple[int, ...]: ...
+    def GetSpacing(self) -> tuple[float, ...]: ...
+    def GetOrigin(self) -> tuple[float, ...]: ...
+    def GetDirection(self) -> tuple[float, ...]: ...
+    def GetDimension(self) -> int: ...
+    def GetNumberOfComponentsPerPixel(self) -> int: ...
+    def SetSpacing(self, spacing: tuple[float, ...]) -> None: ...
+    def SetOrigin(self, origin: tuple[float, ...]) -> None: ...
+    def SetDirection(self, direction: tuple[float, ...]) -> None: ...
+
+
+class _SitkReader(Protocol):
+    """The methods of ``SimpleITK.ImageFileReader`` used here, typed."""
+
+    def SetFileName(self, fn: str) -> None: ...
+    def ReadImageInformation(self) -> None: ...
+    def GetSize(self) -> tuple[int, ...]: ...
+
+
+def _new_reader() -> _SitkReader:
+    reader: type[_SitkReader] = sitk.ImageFileReader  # an unannotated SWIG class; typed through the Protocol
+    return reader()
+
+
+class GeometryDict(TypedDict):
+    """:meth:`Geometry.to_dict`'s JSON form."""
+
+    shape: list[int]
+    spacing: list[float]
+    origin: list[float]
+    direction: list[float]
+
+
+def file_ending(path: str | os.PathLike[str]) -> str:
     """The file's image ending (``.nii.gz`` counts as one ending); lower case; '' when not an image ending."""
     name = Path(path).name.lower()
     for end in IMAGE_ENDINGS:
@@ -49,31 +91,42 @@ class Geometry:
     ``origin`` (mm) and ``direction`` (row-major cosine matrix, flattened) follow SimpleITK's ``(x, y, z)``.
     """
 
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...]
+    shape: ShapeVox
+    spacing: SpacingMM
     origin: tuple[float, ...]
     direction: tuple[float, ...]
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, int] = field(default_factory=dict)  # e.g. ``components``: values per pixel (RGB: 3)
+    header_spacing: SpacingMM | None = None  # the file's own spacing when ``spacing`` was given by the user
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> GeometryDict:
         return {"shape": list(self.shape), "spacing": list(self.spacing), "origin": list(self.origin),
                 "direction": list(self.direction)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Geometry":
+    def from_dict(cls, d: Mapping[str, Any]) -> Geometry:
         return cls(tuple(int(i) for i in d["shape"]), tuple(float(i) for i in d["spacing"]),
                    tuple(float(i) for i in d["origin"]), tuple(float(i) for i in d["direction"]))
 
-    def with_spacing(self, spacing: tuple[float, ...]) -> "Geometry":
-        return Geometry(self.shape, tuple(float(s) for s in spacing), self.origin, self.direction, dict(self.extra))
+    def with_spacing(self, spacing: SpacingMM) -> Geometry:
+        """This geometry with ``spacing`` (mm) given by the user (``--spacing-csv``/``--pixel-spacing``); the
+        file's own spacing is kept in ``header_spacing``."""
+        return Geometry(self.shape, tuple(float(s) for s in spacing), self.origin, self.direction, dict(self.extra),
+                        self.header_spacing if self.header_spacing is not None else self.spacing)
 
-    def mismatches(self, other: "Geometry") -> list[str]:
+    def as_in_file(self) -> Geometry:
+        """The geometry as the file's header has it (the user's spacing undone): what an output written for this
+        image carries, so that it matches the image and its masks (PNG frames carry no pixel size)."""
+        if self.header_spacing is None:
+            return self
+        return Geometry(self.shape, self.header_spacing, self.origin, self.direction, dict(self.extra))
+
+    def mismatches(self, other: Geometry) -> list[str]:
         """Human-readable differences to ``other`` beyond the tolerances (empty list when they agree)."""
-        out = []
+        out: list[str] = []
         if tuple(self.shape) != tuple(other.shape):
             out.append(f"shape {tuple(self.shape)} vs {tuple(other.shape)}")
             return out
@@ -87,11 +140,11 @@ class Geometry:
         return out
 
 
-def _fmt(v) -> str:
+def _fmt(v: Iterable[float]) -> str:
     return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
 
 
-def read_sitk(path: str | os.PathLike) -> sitk.Image:
+def read_sitk(path: str | os.PathLike[str]) -> sitk.Image:
     """Read an image with SimpleITK, turning failures into a user-facing error that names the file."""
     path = Path(path)
     if not path.exists():
@@ -212,7 +265,7 @@ def _check_nifti_complete(path: Path) -> None:
                    "replace them (e.g. by 0 or the background value) or remove the case", file=path)
 
 
-def geometry_of(img: sitk.Image) -> Geometry:
+def geometry_of(img: _SitkImage) -> Geometry:
     """Geometry of a SimpleITK image, with shape and spacing in array axis order."""
     return Geometry(shape=tuple(int(s) for s in reversed(img.GetSize())),
                     spacing=tuple(float(s) for s in reversed(img.GetSpacing())),
@@ -221,7 +274,7 @@ def geometry_of(img: sitk.Image) -> Geometry:
                     extra={"components": img.GetNumberOfComponentsPerPixel()})
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+def read_image(path: str | os.PathLike[str]) -> tuple[npt.NDArray[Any], Geometry]:
     """Read an image as ``(array, geometry)``.
 
     Array axis order is ``(z, y, x)`` (3D) or ``(y, x)`` (2D). Multi-component pixels (RGB PNGs) come back
@@ -233,7 +286,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     _refuse_stack_in_2d_format(img, Path(path))
     arr = sitk.GetArrayFromImage(img)
     geo = geometry_of(img)
-    k = img.GetNumberOfComponentsPerPixel()
+    k = geo.extra["components"]  # = img.GetNumberOfComponentsPerPixel()
     if k in (2, 4) and file_ending(path) == ".png":
         arr = _drop_alpha(arr, Path(path))
         k -= 1
@@ -243,7 +296,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     return arr, geo
 
 
-def _refuse_stack_in_2d_format(img: sitk.Image, path: Path) -> None:
+def _refuse_stack_in_2d_format(img: _SitkImage, path: Path) -> None:
     """Refuse a 3D image in a file whose ending segpipe treats as 2D (a multi-page TIFF): it has no slice spacing,
     and 2D pixel sizes (``--spacing-csv``/``--pixel-spacing``) would be applied to a volume."""
     ending = file_ending(path)
@@ -257,7 +310,7 @@ def _refuse_stack_in_2d_format(img: sitk.Image, path: Path) -> None:
                "save each page as its own 2D image", file=path)
 
 
-def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
+def _drop_alpha(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[Any]:
     """``arr`` (``(y, x, k)``, alpha last) without its alpha component; logs when alpha is not uniform."""
     alpha = arr[..., -1]
     if alpha.size and np.any(alpha != alpha.flat[0]):
@@ -267,19 +320,20 @@ def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
     return out[..., 0] if out.shape[-1] == 1 else out
 
 
-def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
+def write_image(array: npt.NDArray[Any], geometry: Geometry, path: str | os.PathLike[str]) -> None:
     """Write ``array`` (array axis order, spatial axes only) with ``geometry``, atomically."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    if tuple(reversed(img.GetSize())) != tuple(geometry.shape):
+    header: _SitkImage = img
+    if tuple(reversed(header.GetSize())) != tuple(geometry.shape):
         raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
-    img.SetSpacing(tuple(float(s) for s in reversed(geometry.spacing)))
-    img.SetOrigin(tuple(geometry.origin))
-    img.SetDirection(tuple(geometry.direction))
+    header.SetSpacing(tuple(float(s) for s in reversed(geometry.spacing)))
+    header.SetOrigin(tuple(geometry.origin))
+    header.SetDirection(tuple(geometry.direction))
     with atomic_path(path, verify=lambda tmp: verify_written_image(tmp, tuple(geometry.shape))) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=True)
 
 
-def verify_written_image(path: Path, shape: tuple[int, ...]) -> None:
+def verify_written_image(path: Path, shape: ShapeVox) -> None:
     """Check a just-written image before it replaces anything: not empty, its header reads back with the
     expected ``shape`` (array axis order), and a NIfTI file holds all its voxels. SimpleITK's writer does not
     raise on a full disk; this does (:func:`segpipe.io.atomic.verification_failed`)."""
@@ -288,7 +342,7 @@ def verify_written_image(path: Path, shape: tuple[int, ...]) -> None:
 
     verify_not_empty(path)
     try:
-        reader = sitk.ImageFileReader()
+        reader = _new_reader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         got = tuple(int(s) for s in reversed(reader.GetSize()))

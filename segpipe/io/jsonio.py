@@ -58,7 +58,7 @@ def _newer_version(obj: object) -> object | None:
     return version if newer else None
 
 
-def refuse_if_newer(path: str | os.PathLike, writing: bool = False) -> None:
+def refuse_if_newer(path: str | os.PathLike[str], writing: bool = False) -> None:
     """Refuse an artifact written by a newer segpipe (its ``schema_version`` is above ours).
 
     Reading it could misinterpret fields; overwriting it (even with ``--force``) would destroy work of the
@@ -79,7 +79,7 @@ def _refuse_newer(version: object | None, path: Path, writing: bool = False) -> 
                "upgrade segpipe (pip install -U segpipe), or use another workspace", file=path)
 
 
-def write_json(path: str | os.PathLike, obj: dict, kind: str | None = None) -> None:
+def write_json(path: str | os.PathLike[str], obj: dict[str, Any], kind: str | None = None) -> None:
     """Write ``obj`` atomically as JSON; with ``kind``, stamp it with ``kind`` and ``schema_version``.
 
     An existing file written by a newer segpipe is never overwritten (see :func:`refuse_if_newer`).
@@ -91,7 +91,7 @@ def write_json(path: str | os.PathLike, obj: dict, kind: str | None = None) -> N
     atomic_write_text(path, dumps(obj))
 
 
-def read_json(path: str | os.PathLike, kind: str | None = None) -> dict:
+def read_json(path: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
     """Read a JSON file; with ``kind``, check that it is a segpipe artifact of that kind and schema version."""
     path = Path(path)
     try:

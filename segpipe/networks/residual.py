@@ -6,7 +6,7 @@ Shapes as in :mod:`segpipe.networks.unet`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -8,7 +8,7 @@ level ``l`` downsampled by the product of ``strides[0..l]``.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -32,9 +32,11 @@ def transposed_conv_class(ndim: int) -> type[nn.Module]:
     return {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[ndim]
 
 
-def norm(ndim: int, channels: int) -> nn.Module:
+def norm(ndim: int, channels: int) -> nn.InstanceNorm2d | nn.InstanceNorm3d:
     """Affine instance norm (eps 1e-5)."""
-    return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[ndim](channels, eps=NORM_EPS, affine=True)
+    classes: dict[int, type[nn.InstanceNorm2d] | type[nn.InstanceNorm3d]] = {2: nn.InstanceNorm2d,
+                                                                            3: nn.InstanceNorm3d}
+    return classes[ndim](channels, eps=NORM_EPS, affine=True)
 
 
 def conv(in_channels: int, out_channels: int, kernel: Sequence[int], stride: Sequence[int]) -> nn.Module:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from segpipe.planning.configuration import plan_configuration
 from segpipe.planning.memory import feature_map_voxels
 from segpipe.planning.spacing import resampled_shapes
 from segpipe.training.budget import FinalValidationCost, final_validation_cost, final_validation_reserve
+
+if TYPE_CHECKING:
+    from segpipe.planning.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ class Candidate:
     """One configuration the budget planner considers (``config`` is a plans.json configuration entry)."""
 
     name: str
-    config: dict
+    config: dict[str, Any]
     fidelity: float
     work: float
     description: str
@@ -61,7 +66,7 @@ class Candidate:
     validation_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "spacing": self.config["spacing"],
                 "patch_size": self.config["patch_size"], "batch_size": self.config["batch_size"],
                 "features_per_stage": self.config["network"]["features_per_stage"],
@@ -71,19 +76,19 @@ class Candidate:
                 "final_validation_seconds": round(self.validation_seconds, 1)}
 
 
-def _work(cfg: dict, n_classes: int) -> float:
+def _work(cfg: Mapping[str, Any], n_classes: int) -> float:
     net = cfg["network"]
     return float(feature_map_voxels(cfg["patch_size"], net["strides"], net["features_per_stage"], n_classes)
                  * cfg["batch_size"])
 
 
-def coarser_spacing(spacing: list[float], factor: float) -> list[float]:
+def coarser_spacing(spacing: Sequence[float], factor: float) -> list[float]:
     """Grow the finest axes first (as 3d_lowres does): every axis at least ``factor`` x the finest spacing."""
     floor = min(spacing) * factor
     return [max(float(s), floor) for s in spacing]
 
 
-def _narrow(cfg: dict, width: float) -> dict:
+def _narrow(cfg: dict[str, Any], width: float) -> dict[str, Any]:
     if width == 1.0:
         return cfg
     out = dict(cfg)
@@ -92,7 +97,8 @@ def _narrow(cfg: dict, width: float) -> dict:
     return out
 
 
-def make_candidates(plans: dict, fingerprint: dict, n_classes: int, network: str = "plain") -> list[Candidate]:
+def make_candidates(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], n_classes: int,
+                    network: str = "plain") -> list[Candidate]:
     """nnU-Net's configurations and the variants around them (see the module docstring)."""
     ndim = fingerprint["ndim"]
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
@@ -137,7 +143,8 @@ def make_candidates(plans: dict, fingerprint: dict, n_classes: int, network: str
     return out
 
 
-def _final_validation(c: Candidate, plans: dict, fingerprint: dict, n_classes: int) -> FinalValidationCost:
+def _final_validation(c: Candidate, plans: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                      n_classes: int) -> FinalValidationCost:
     """Estimated cost of one fold's final validation: a fifth of the cases, each at the median shape."""
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
     sp = c.config["spacing"]
@@ -152,7 +159,7 @@ def _final_validation(c: Candidate, plans: dict, fingerprint: dict, n_classes: i
                                  per_window)
 
 
-def choose(candidates: list[Candidate], budget_s: float, plans: dict, fingerprint: dict,
+def choose(candidates: list[Candidate], budget_s: float, plans: Mapping[str, Any], fingerprint: Mapping[str, Any],
            n_classes: int) -> tuple[Candidate, str]:
     """Fill in expected iterations and pick a candidate by the rule in the module docstring. The final
     validation is reserved as the trainer will reserve it (:func:`final_validation_reserve`)."""
@@ -181,7 +188,7 @@ def choose(candidates: list[Candidate], budget_s: float, plans: dict, fingerprin
     return best, why
 
 
-def estimate_seconds(candidates: list[Candidate], calibration, n_channels: int, n_classes: int) -> None:
+def estimate_seconds(candidates: list[Candidate], calibration: Calibration, n_channels: int, n_classes: int) -> None:
     """Measure the cheapest candidates, estimate the others from a power law fitted to the measurements
     (seconds = a * work^b, b >= 1: large networks use the machine less efficiently, never more)."""
     order = sorted(candidates, key=lambda c: c.work)
@@ -214,8 +221,8 @@ def fit_power_law(candidates: list[Candidate]) -> tuple[float, float]:
     return a, b
 
 
-def plan_for_budget(plans: dict, fingerprint: dict, n_channels: int, n_classes: int, budget_s: float, calibration,
-                    network: str = "plain") -> dict:
+def plan_for_budget(plans: dict[str, Any], fingerprint: Mapping[str, Any], n_channels: int, n_classes: int,
+                    budget_s: float, calibration: Calibration, network: str = "plain") -> dict[str, Any]:
     """Add the budget's choice to ``plans`` (a configuration and the ``budget`` record); returns ``plans``."""
     candidates = make_candidates(plans, fingerprint, n_classes, network)
     estimate_seconds(candidates, calibration, n_channels, n_classes)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ TIMED_ITERATIONS = 2
 MAX_SECONDS_PER_CANDIDATE = 6.0   # a candidate whose warm-up alone takes longer is timed by the warm-up
 
 
-def machine_description(device: torch.device, precision: str) -> dict:
+def machine_description(device: torch.device, precision: str) -> dict[str, Any]:
     """What a calibration is valid for: device kind and name, threads, torch version, precision."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -43,7 +45,8 @@ def machine_description(device: torch.device, precision: str) -> dict:
             "precision": precision}
 
 
-def candidate_key(network_plan: dict, patch: list[int], batch: int, n_channels: int, n_classes: int) -> str:
+def candidate_key(network_plan: Mapping[str, Any], patch: Sequence[int], batch: int, n_channels: int,
+                  n_classes: int) -> str:
     import json
 
     keys = ("name", "features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder")
@@ -51,8 +54,8 @@ def candidate_key(network_plan: dict, patch: list[int], batch: int, n_channels: 
                        "c": n_channels, "k": n_classes}, sort_keys=True, separators=(",", ":"))
 
 
-def measure_iteration(network_plan: dict, n_channels: int, n_classes: int, patch: list[int], batch: int,
-                      device: torch.device, amp_dtype: torch.dtype | None) -> float:
+def measure_iteration(network_plan: Mapping[str, Any], n_channels: int, n_classes: int, patch: Sequence[int],
+                      batch: int, device: torch.device, amp_dtype: torch.dtype | None) -> float:
     """Seconds for one training iteration on random data: the real network, loss and optimizer step."""
     from segpipe.networks import build_network
     from segpipe.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
@@ -64,8 +67,8 @@ def measure_iteration(network_plan: dict, n_channels: int, n_classes: int, patch
     x = torch.randn(batch, n_channels, *patch, device=device)
     y = torch.randint(0, n_classes, (batch, 1, *patch), device=device)
     targets = downsample_targets(y, network_plan["strides"])
-    times = []
-    for i in range(WARMUP_ITERATIONS + TIMED_ITERATIONS):
+    times: list[float] = []
+    for _ in range(WARMUP_ITERATIONS + TIMED_ITERATIONS):
         t = time.monotonic()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -99,7 +102,8 @@ class Calibration:
                 log.info("calibration: %s was measured on another machine (%s); measuring again", path,
                          doc.get("machine"))
 
-    def seconds(self, network_plan: dict, n_channels: int, n_classes: int, patch: list[int], batch: int) -> float:
+    def seconds(self, network_plan: Mapping[str, Any], n_channels: int, n_classes: int, patch: Sequence[int],
+                batch: int) -> float:
         key = candidate_key(network_plan, patch, batch, n_channels, n_classes)
         if key not in self.measured:
             t = time.monotonic()
@@ -109,7 +113,8 @@ class Calibration:
                      patch, batch, network_plan["features_per_stage"], self.measured[key], time.monotonic() - t)
         return self.measured[key]
 
-    def is_measured(self, network_plan: dict, n_channels: int, n_classes: int, patch: list[int], batch: int) -> bool:
+    def is_measured(self, network_plan: Mapping[str, Any], n_channels: int, n_classes: int, patch: Sequence[int],
+                    batch: int) -> bool:
         return candidate_key(network_plan, patch, batch, n_channels, n_classes) in self.measured
 
     def save(self) -> None:

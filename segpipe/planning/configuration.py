@@ -1,14 +1,18 @@
 """One configuration (2d, 3d_fullres, 3d_lowres): patch size, topology and batch size under a memory budget."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from segpipe.planning import constants as C
 from segpipe.planning.memory import feature_map_voxels, memory_reference
-from segpipe.planning.topology import Topology, derive_topology, features_per_stage
+from segpipe.planning.plans import DEFAULT_TRAINER, NetworkPlan, Topology
+from segpipe.planning.topology import derive_topology
 
 
-def initial_patch(spacing, median_shape) -> list[float]:
+def initial_patch(spacing: Sequence[float], median_shape: Sequence[float]) -> list[float]:
     """A cube in millimetres (about 256^3 voxels in 3D, 2048^2 in 2D) shaped by the spacing, clipped to the
     median image shape (voxels, array axis order; may be fractional where the median is)."""
     inv = 1.0 / np.asarray(spacing, dtype=np.float64)
@@ -18,14 +22,14 @@ def initial_patch(spacing, median_shape) -> list[float]:
     return [min(p, m) for p, m in zip(patch, median_shape)]
 
 
-def _estimate(topo: Topology, n_classes: int) -> int:
-    dim = len(topo.patch_size)
-    return feature_map_voxels(topo.patch_size, topo.strides, features_per_stage(topo.n_stages, dim), n_classes)
+def _estimate(topo: Topology, patch: Sequence[int], n_classes: int) -> int:
+    return feature_map_voxels(patch, topo.strides, topo.features_per_stage, n_classes)
 
 
-def plan_configuration(spacing, median_shape, n_voxels_dataset: float, n_classes: int,
-                       memory_gb: float = C.DEFAULT_MEMORY_GB, patch_override=None, batch_override=None,
-                       network: str = "plain") -> dict:
+def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], n_voxels_dataset: float,
+                       n_classes: int, memory_gb: float = C.DEFAULT_MEMORY_GB,
+                       patch_override: Sequence[int] | None = None, batch_override: int | None = None,
+                       network: str = "plain") -> dict[str, Any]:
     """Plan one configuration at ``spacing`` (mm) for images of ``median_shape`` (voxels), both array order.
 
     ``n_voxels_dataset``: approximate voxels of the whole dataset at this spacing (for the 5% batch cap).
@@ -35,34 +39,35 @@ def plan_configuration(spacing, median_shape, n_voxels_dataset: float, n_classes
     why: dict[str, str] = {}
     reference, ref_bs = memory_reference(dim, memory_gb)
     if patch_override is not None:
-        topo = derive_topology(spacing, patch_override)
-        why["patch_size"] = f"set by the user ({list(patch_override)}), padded to the total stride {topo.divisor}"
+        topo, patch = derive_topology(spacing, patch_override)
+        why["patch_size"] = (f"set by the user ({list(patch_override)}), padded to the total stride "
+                             f"{list(topo.total_stride)}")
         shrunk = 0
     else:
         start = initial_patch(spacing, median_shape)
-        topo = derive_topology(spacing, start)
+        topo, patch = derive_topology(spacing, start)
         shrunk = 0
-        while _estimate(topo, n_classes) / ref_bs * C.MIN_BATCH_SIZE > reference:
-            ratios = [p / m for p, m in zip(topo.patch_size, median_shape)]
+        while _estimate(topo, patch, n_classes) / ref_bs * C.MIN_BATCH_SIZE > reference:
+            ratios = [p / m for p, m in zip(patch, median_shape)]
             axis = int(np.argsort(ratios)[-1])
-            trial = list(topo.patch_size)
-            trial[axis] -= topo.divisor[axis]
-            step = derive_topology(spacing, trial).divisor[axis]
-            patch = list(topo.patch_size)
-            patch[axis] -= step
-            topo = derive_topology(spacing, patch)
+            trial = list(patch)
+            trial[axis] -= topo.total_stride[axis]
+            step = derive_topology(spacing, trial)[0].total_stride[axis]
+            smaller = list(patch)
+            smaller[axis] -= step
+            topo, patch = derive_topology(spacing, smaller)
             shrunk += 1
         vol = "256^3" if dim == 3 else "2048^2"
         why["patch_size"] = (f"a {vol}-voxel cube in mm shaped by the spacing, clipped to the median image shape "
                              f"{[round(float(m), 1) for m in median_shape]}, padded to the total stride "
-                             f"{topo.divisor}")
+                             f"{list(topo.total_stride)}")
         if shrunk:
             why["patch_size"] += (f"; shrunk {shrunk} step(s), each on the axis largest relative to the median "
                                   f"shape, until a batch of {C.MIN_BATCH_SIZE} fits {memory_gb:g} GB")
-    features = features_per_stage(topo.n_stages, dim)
-    estimate = _estimate(topo, n_classes)
+    features = list(topo.features_per_stage)
+    estimate = _estimate(topo, patch, n_classes)
     fit_bs = round(reference / estimate * ref_bs)
-    cap_bs = round(n_voxels_dataset * C.MAX_DATASET_COVERED / float(np.prod(topo.patch_size, dtype=np.float64)))
+    cap_bs = round(n_voxels_dataset * C.MAX_DATASET_COVERED / float(np.prod(patch, dtype=np.float64)))
     if batch_override is not None:
         batch = int(batch_override)
         why["batch_size"] = f"set by the user ({batch})"
@@ -73,7 +78,7 @@ def plan_configuration(spacing, median_shape, n_voxels_dataset: float, n_classes
             limit = f"the minimum of {C.MIN_BATCH_SIZE}"
         why["batch_size"] = (f"{batch}: {fit_bs} would fit {memory_gb:g} GB, {cap_bs} covers "
                              f"{C.MAX_DATASET_COVERED:.0%} of the data set's voxels; limited by {limit}")
-    pools = topo.pools_per_axis
+    pools = list(topo.pools_per_axis)
     coarse_k1 = [a for a in range(dim) if topo.kernel_sizes[0][a] == 1]
     why["topology"] = (f"{topo.n_stages} stages; pooling per axis {pools} (an axis pools while its feature map "
                        f"stays >= {C.FEATUREMAP_MIN_EDGE} voxels and its spacing is within "
@@ -83,17 +88,10 @@ def plan_configuration(spacing, median_shape, n_voxels_dataset: float, n_classes
     return {
         "spacing": [float(s) for s in spacing],
         "median_shape": [float(m) for m in median_shape],
-        "patch_size": [int(p) for p in topo.patch_size],
+        "patch_size": [int(p) for p in patch],
         "batch_size": batch,
-        "network": {
-            "name": network,
-            "n_stages": topo.n_stages,
-            "features_per_stage": features,
-            "kernel_sizes": topo.kernel_sizes,
-            "strides": topo.strides,
-            "n_conv_per_stage": [C.CONVS_PER_STAGE_ENCODER] * topo.n_stages,
-            "n_conv_per_stage_decoder": [C.CONVS_PER_STAGE_DECODER] * (topo.n_stages - 1),
-        },
+        "trainer": DEFAULT_TRAINER,
+        "network": NetworkPlan(network, topo).to_json(),
         "memory": {"budget_gb": memory_gb, "feature_map_voxels": int(estimate), "batch_fitting_budget": int(fit_bs),
                    "batch_covering_5_percent": int(cap_bs), "n_voxels_dataset": float(n_voxels_dataset)},
         "why": why,

@@ -7,14 +7,17 @@ counted. Compared against a reference measured on a GPU of known size; see :func
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from segpipe.planning import constants as C
 
 
-def feature_map_voxels(patch_size, strides, features, n_classes: int, convs_encoder: int = C.CONVS_PER_STAGE_ENCODER,
+def feature_map_voxels(patch_size: Sequence[float], strides: Sequence[Sequence[int]], features: Sequence[int],
+                       n_classes: int, convs_encoder: int = C.CONVS_PER_STAGE_ENCODER,
                        convs_decoder: int = C.CONVS_PER_STAGE_DECODER, deep_supervision: bool = False) -> int:
-    sizes = []  # spatial size of each stage's output
+    sizes: list[list[int]] = []  # spatial size of each stage's output
     size = [int(s) for s in patch_size]
     total = 0
     for feat, stride in zip(features, strides):

@@ -6,15 +6,19 @@ with its own mean/std, inside the nonzero mask when ``use_mask`` is set.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from segpipe.planning import constants as C
 
 NORMALIZATION_SCHEMES = ("ct", "zscore", "none")
 
 
-def plan_normalization(channels: dict[str, str], fingerprint: dict) -> tuple[list[dict], str]:
+def plan_normalization(channels: Mapping[str, str], fingerprint: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
     rel = fingerprint["median_relative_size_after_crop"]
     use_mask = rel < C.USE_MASK_FOR_NORM_BELOW
-    out, reasons = [], []
+    out: list[dict[str, Any]] = []
+    reasons: list[str] = []
     for k, name in channels.items():
         st = fingerprint["intensity"][k]
         if name.strip().upper() == "CT":

@@ -1,7 +1,11 @@
 """Plans for a dataset: 2d, 3d_fullres and (only when needed) 3d_lowres, each with a reason per choice."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
 import numpy as np
+import numpy.typing as npt
 
 from segpipe.dataset.model import DatasetSpec
 from segpipe.errors import fail
@@ -13,7 +17,14 @@ from segpipe.planning.spacing import resampled_shapes, target_spacing
 PLANNER_NAME = "default"
 
 
-def _resampling(spacing) -> dict:
+class _Overrides(TypedDict):
+    """:func:`plan_configuration`'s user overrides for one configuration."""
+
+    patch_override: Sequence[int] | None
+    batch_override: int | None
+
+
+def _resampling(spacing: Sequence[float]) -> dict[str, Any]:
     return {"image_order": C.IMAGE_RESAMPLING_ORDER, "label_order": C.LABEL_RESAMPLING_ORDER,
             "label_mode": "one-hot", "anisotropy_threshold": C.ANISOTROPY_THRESHOLD,
             "coarse_axis_order": C.COARSE_AXIS_RESAMPLING_ORDER,
@@ -23,9 +34,10 @@ def _resampling(spacing) -> dict:
                     f"{C.COARSE_AXIS_RESAMPLING_ORDER}")}
 
 
-def plan_dataset(fingerprint: dict, spec: DatasetSpec, memory_gb: float = C.DEFAULT_MEMORY_GB,
-                 spacing=None, patch_size=None, batch_size=None, override_config: str | None = None,
-                 network: str = "plain") -> dict:
+def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: float = C.DEFAULT_MEMORY_GB,
+                 spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
+                 batch_size: int | None = None, override_config: str | None = None,
+                 network: str = "plain") -> dict[str, Any]:
     """Compute plans.json content from a fingerprint. Overrides apply to ``override_config`` (default: the
     main configuration, 3d_fullres for 3D data and 2d for 2D data); ``spacing`` applies to the full-resolution
     spacing of all configurations."""
@@ -47,12 +59,12 @@ def plan_dataset(fingerprint: dict, spec: DatasetSpec, memory_gb: float = C.DEFA
     median_shape = np.median(new_shapes, axis=0)
     n_vox = float(np.prod(median_shape, dtype=np.float64) * n_cases)
 
-    def ov(cfg: str) -> dict:
+    def ov(cfg: str) -> _Overrides:
         return {"patch_override": patch_size if override_config == cfg else None,
                 "batch_override": batch_size if override_config == cfg else None}
 
     norm, norm_why = plan_normalization(spec.channels, fingerprint)
-    configs: dict[str, dict] = {}
+    configs: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     if ndim == 3:
         full = plan_configuration(full_spacing, median_shape.tolist(), n_vox, n_classes, memory_gb,
@@ -97,12 +109,13 @@ def plan_dataset(fingerprint: dict, spec: DatasetSpec, memory_gb: float = C.DEFA
         "full_resolution_spacing": full_spacing,
         "median_shape_at_full_resolution": median_shape.tolist(),
         "configurations": configs,
-        "notes": notes,
+        "default_configuration": main,  # without a budget: nnU-Net's main configuration (the budget planner's
+        "notes": notes,                 # choice replaces it, see planning/budget.py)
     }
 
 
-def _plan_lowres(full: dict, median_shape: np.ndarray, n_cases: int, n_classes: int, memory_gb: float,
-                 network: str, overrides: dict) -> tuple[dict | None, str]:
+def _plan_lowres(full: Mapping[str, Any], median_shape: npt.NDArray[np.float64], n_cases: int, n_classes: int,
+                 memory_gb: float, network: str, overrides: _Overrides) -> tuple[dict[str, Any] | None, str]:
     """3d_lowres only when the fullres patch covers under a quarter of the median image; spacing grows by 3%
     steps (coarse axes first) until it does. Dropped when the images shrink less than 2x."""
     full_sp = np.asarray(full["spacing"], dtype=np.float64)

@@ -4,14 +4,16 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from segpipe.dataset.onboard import load_dataset
-from segpipe.errors import did_you_mean, fail
-from segpipe.locking import locked
+from segpipe.dataset.store import load_dataset
+from segpipe.errors import SegpipeError, fail
 from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
+from segpipe.locking import locked
 from segpipe.planning import constants as C
 from segpipe.planning.planner import plan_dataset
+from segpipe.planning.plans import Plans, read_plans
 from segpipe.records import input_state, up_to_date, write_record
 from segpipe.workspace import Workspace
 
@@ -19,11 +21,14 @@ log = logging.getLogger(__name__)
 
 
 @locked("plan", exclusive=True)
-def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None, patch_size=None,
-             batch_size=None, config: str | None = None, network: str = "plain",
-             force: bool = False, budget_s: float | None = None, device: str = "auto",
-             precision: str = "auto") -> tuple[dict, bool]:
+def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Sequence[float] | None = None,
+             patch_size: Sequence[int] | None = None, batch_size: int | None = None, config: str | None = None,
+             network: str = "plain", force: bool = False, budget_s: float | None = None, device: str = "auto",
+             precision: str = "auto") -> tuple[Plans, bool]:
     """Plan ``ws``'s dataset. Returns (plans, skipped).
+
+    plans.json is written only after it parses as a :class:`Plans` (so every reader gets a valid plan); a
+    plans.json that no longer parses (written by an older segpipe) is planned again.
 
     With ``budget_s`` (seconds of training per fold), the configuration expected to learn most within it on
     ``device`` is chosen by measurement (:mod:`segpipe.planning.budget`) and becomes the plan's
@@ -46,24 +51,30 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing=None
         settings.update({"budget_s": budget_s, "device": pick_device(device).type, "precision": precision})
     inputs = input_state([ws.dataset_json, ws.fingerprint_json])
     if not force and up_to_date(ws, "plan", inputs, settings, [ws.plans_json]):
-        log.info("plan: inputs unchanged; skipping (use --force to redo)")
-        return read_json(ws.plans_json, kind="plans"), True
+        try:
+            plans = read_plans(ws.plans_json)
+        except SegpipeError as e:
+            log.warning("plan: the existing plans.json does not parse (%s); planning again", e.problems[0].problem)
+        else:
+            log.info("plan: inputs unchanged; skipping (use --force to redo)")
+            return plans, True
     for path in (ws.plans_json, ws.record("plan")):  # before planning: never overwrite a newer segpipe's work
         refuse_if_newer(path, writing=True)
-    plans = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
-    plans["default_configuration"] = "3d_fullres" if "3d_fullres" in plans["configurations"] else "2d"
+    raw = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
     if budget_s is not None:
         from segpipe.planning.budget import plan_for_budget
         from segpipe.planning.calibration import Calibration
 
-        calibration = Calibration(ws.dir / "calibration.json", device, precision)
-        plan_for_budget(plans, fingerprint, spec.n_channels, spec.n_classes, budget_s, calibration, network)
-    write_json(ws.plans_json, plans, kind="plans")
+        calibration = Calibration(ws.calibration_json, device, precision)
+        plan_for_budget(raw, fingerprint, spec.n_channels, spec.n_classes, budget_s, calibration, network)
+    typed = Plans.from_json(raw, file=ws.plans_json)  # a plan that does not parse is a planner bug: never written
+    write_json(ws.plans_json, typed.to_json(), kind="plans")
     write_record(ws, "plan", inputs, settings, [ws.plans_json])
-    return plans, False
+    return typed, False
 
 
-def check_overrides(memory_gb, spacing=None, patch_size=None, batch_size=None) -> None:
+def check_overrides(memory_gb: float, spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
+                    batch_size: int | None = None) -> None:
     """Refuse overrides that cannot work (zero, negative, NaN, wrong type), before anything is read or written."""
     if not _positive_number(memory_gb):
         raise fail(f"--memory-gb {memory_gb} is not a positive number of gigabytes",
@@ -81,7 +92,8 @@ def check_overrides(memory_gb, spacing=None, patch_size=None, batch_size=None) -
                    "it out to let the planner choose")
 
 
-def check_override_axes(ndim, spacing, patch_size, config: str | None, file: Path) -> None:
+def check_override_axes(ndim: object, spacing: Sequence[float] | None, patch_size: Sequence[int] | None,
+                        config: str | None, file: Path) -> None:
     """Refuse a --spacing or --patch-size with the wrong number of axes for the data and configuration."""
     if ndim not in (2, 3):
         return  # a damaged fingerprint is reported by the planner
@@ -96,50 +108,33 @@ def check_override_axes(ndim, spacing, patch_size, config: str | None, file: Pat
                    f"({'z y x' if want_patch == 3 else 'y x'}), or choose another --config", file=file)
 
 
-def _positive_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+def _positive_number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v) > 0
 
 
-def _positive_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+def _positive_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
 
 
-def default_configuration(plans: dict) -> str:
-    """The configuration stages use without ``--config``: the plan's choice (the budget's, when planned with
-    one), else 3d_fullres, else 2d."""
-    configs = plans.get("configurations", {})
-    chosen = plans.get("default_configuration")
-    if chosen in configs:
-        return chosen
-    return "3d_fullres" if "3d_fullres" in configs else "2d"
-
-
-def get_configuration(plans: dict, config: str, plans_file: Path) -> dict:
-    """The plan entry of ``config``; an unknown name is a user error with a did-you-mean hint."""
-    configs = plans.get("configurations", {})
-    if config not in configs:
-        raise fail(f"unknown configuration '{config}'{did_you_mean(config, configs)}; this plan has "
-                   f"{list(configs)}", f"choose one of {list(configs)} with --config", file=plans_file)
-    return configs[config]
-
-
-def summarize(plans: dict, explain: bool = False) -> str:
+def summarize(plans: Plans, explain: bool = False) -> str:
     """A human-readable table of the plans; with ``explain``, the reason for each choice."""
-    lines = [f"plans for '{plans['dataset']}' (memory budget: {plans['memory_budget']['assumed']}; "
-             f"{plans['axis_order']})"]
-    for name, c in plans["configurations"].items():
-        net = c["network"]
-        lines.append(f"  {name:11s} spacing {_f(c['spacing'])} mm  patch {c['patch_size']}  batch {c['batch_size']}"
-                     f"  {net['name']} U-Net: {net['n_stages']} stages, features {net['features_per_stage']}")
-        lines.append(f"  {'':11s} strides {net['strides'][1:]}  kernels {net['kernel_sizes']}")
-        lines.append(f"  {'':11s} normalization {[n['scheme'] + ('(mask)' if n.get('use_mask') else '') for n in c['normalization']]}")
+    lines = [f"plans for '{plans.dataset}' (memory budget: {plans.memory_budget.get('assumed', '?')}; "
+             f"{plans.axis_order})"]
+    for name, c in plans.configurations.items():
+        topo = c.network.topology
+        lines.append(f"  {name:11s} spacing {_f(c.spacing)} mm  patch {list(c.patch_size)}  batch {c.batch_size}"
+                     f"  {c.network.name} U-Net: {topo.n_stages} stages, features {list(topo.features_per_stage)}")
+        lines.append(f"  {'':11s} strides {[list(s) for s in topo.strides[1:]]}  kernels "
+                     f"{[list(k) for k in topo.kernel_sizes]}")
+        norms = [n.scheme + ("(mask)" if n.use_mask else "") for n in c.normalization]
+        lines.append(f"  {'':11s} normalization {norms}; trainer '{c.trainer}'")
         if explain:
-            for k, v in c["why"].items():
+            for k, v in c.why.items():
                 lines.append(f"  {'':11s} why {k}: {v}")
-    for n in plans.get("notes", []):
+    for n in plans.notes:
         lines.append(f"  note: {n}")
-    lines.append(f"  default configuration (used without --config): {default_configuration(plans)}")
-    b = plans.get("budget")
+    lines.append(f"  default configuration (used without --config): {plans.default_configuration}")
+    b = plans.budget
     if b:
         lines.append(f"  budget {b['budget_s']:.0f} s per fold on {b['machine']['device']} ({b['machine']['name']}, "
                      f"{b['machine']['threads']} threads): {b['chosen']} because {b['reason']}")
@@ -153,5 +148,5 @@ def summarize(plans: dict, explain: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _f(v) -> str:
+def _f(v: Iterable[float]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"

@@ -1,12 +1,15 @@
 """Target spacing of the full-resolution configuration (array axis order, mm)."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
+import numpy.typing as npt
 
 from segpipe.planning import constants as C
 
 
-def target_spacing(spacings: list[list[float]], shapes: list[list[int]]) -> tuple[list[float], str]:
+def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]) -> tuple[list[float], str]:
     """Per-axis median spacing, with nnU-Net's anisotropy rule.
 
     If the coarsest axis' median spacing is more than ``ANISOTROPY_THRESHOLD`` x the largest other one and
@@ -37,11 +40,13 @@ def target_spacing(spacings: list[list[float]], shapes: list[list[int]]) -> tupl
     return target.tolist(), why
 
 
-def resampled_shapes(spacings: list[list[float]], shapes: list[list[int]], target: list[float]) -> np.ndarray:
-    """Each case's shape after resampling to ``target`` (voxels, rounded)."""
+def resampled_shapes(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]],
+                     target: Sequence[float]) -> npt.NDArray[np.int_]:
+    """Each case's shape after resampling to ``target`` (voxels, rounded; one row per case, array axis order)."""
     sp, sz = np.asarray(spacings, float), np.asarray(shapes, float)
-    return np.round(sp / np.asarray(target, float) * sz).astype(int)
+    out: npt.NDArray[np.int_] = np.round(sp / np.asarray(target, float) * sz).astype(int)
+    return out
 
 
-def _fmt(v) -> str:
+def _fmt(v: Iterable[float]) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"

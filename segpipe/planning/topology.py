@@ -1,48 +1,37 @@
 """U-Net topology from spacing and patch size: pooling per axis, kernel sizes, and the divisible patch.
 
-All per-axis lists are in array axis order. ``strides[0]`` is all ones (the first stage does not pool);
-``kernel_sizes`` has one entry per stage (the bottleneck is always all 3s).
+All per-axis values are in array axis order, sizes in voxels, spacing in mm. ``strides[0]`` is all ones (the
+first stage does not pool); ``kernel_sizes`` has one entry per stage (the bottleneck is always all 3s). The
+result is the plans contract's one :class:`~segpipe.planning.plans.Topology` type.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
+from segpipe.axes import ShapeVox
 from segpipe.planning import constants as C
+from segpipe.planning.plans import Topology
 
 
-@dataclass
-class Topology:
-    strides: list[list[int]]
-    kernel_sizes: list[list[int]]
-    patch_size: list[int]
-    pools_per_axis: list[int]
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.strides)
-
-    @property
-    def divisor(self) -> list[int]:
-        """What every patch axis must be divisible by (the total stride per axis)."""
-        return [2 ** p for p in self.pools_per_axis]
-
-
-def pad_to_multiple(shape, divisor) -> list[int]:
+def pad_to_multiple(shape: Sequence[float], divisor: Sequence[int]) -> list[int]:
     """Round each axis of ``shape`` up to the next multiple of ``divisor`` (unchanged when already one)."""
-    out = []
-    for s, d in zip(shape, divisor):
-        s = float(s)
+    out: list[int] = []
+    for size, d in zip(shape, divisor):
+        s = float(size)
         out.append(int(np.ceil(s / d) * d) if s % d else int(s))
     return out
 
 
-def derive_topology(spacing, patch_size, min_edge: int = C.FEATUREMAP_MIN_EDGE,
-                    max_pools: int = C.MAX_POOLS_PER_AXIS) -> Topology:
-    """Pool an axis while its feature map edge stays >= ``min_edge`` (a lone pooled axis needs >= 3x) and
+def derive_topology(spacing: Sequence[float], patch_size: Sequence[float], min_edge: int = C.FEATUREMAP_MIN_EDGE,
+                    max_pools: int = C.MAX_POOLS_PER_AXIS) -> tuple[Topology, ShapeVox]:
+    """The topology for ``patch_size`` (voxels) at ``spacing`` (mm), and the patch padded to its total stride.
+
+    Pool an axis while its feature map edge stays >= ``min_edge`` (a lone pooled axis needs >= 3x) and
     its current spacing is within ``POOL_SPACING_RATIO`` of the finest poolable axis; kernels stay 1 on an
-    axis until its spacing is within that ratio of the finest. The patch is padded to the total stride."""
+    axis until its spacing is within that ratio of the finest. Features per stage follow
+    :func:`features_per_stage`; convs per stage are ``CONVS_PER_STAGE_ENCODER`` / ``_DECODER``."""
     dim = len(spacing)
     cur_sp = [float(s) for s in spacing]
     cur_sz = [float(s) for s in patch_size]
@@ -73,7 +62,12 @@ def derive_topology(spacing, patch_size, min_edge: int = C.FEATUREMAP_MIN_EDGE,
         kernels.append(list(kernel))
     kernels.append([3] * dim)
     patch = pad_to_multiple(patch_size, [2 ** p for p in pools])
-    return Topology(strides=strides, kernel_sizes=kernels, patch_size=patch, pools_per_axis=pools)
+    n = len(strides)
+    topo = Topology(n_stages=n, features_per_stage=tuple(features_per_stage(n, dim)),
+                    kernel_sizes=tuple(tuple(k) for k in kernels), strides=tuple(tuple(st) for st in strides),
+                    n_conv_per_stage=(C.CONVS_PER_STAGE_ENCODER,) * n,
+                    n_conv_per_stage_decoder=(C.CONVS_PER_STAGE_DECODER,) * (n - 1))
+    return topo, tuple(patch)
 
 
 def features_per_stage(n_stages: int, dim: int) -> list[int]:

@@ -6,10 +6,13 @@ Internally every case is 3D: a 2D case ``(c, y, x)`` becomes ``(c, 1, y, x)`` wi
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from segpipe.axes import SpacingMM
 from segpipe.io.images import Geometry
-from segpipe.planning import constants as C
+from segpipe.planning.plans import Configuration
 from segpipe.preprocessing.cropping import bbox_of, crop, nonzero_mask
 from segpipe.preprocessing.memory_check import check_resampled_size
 from segpipe.preprocessing.normalization import normalize
@@ -20,22 +23,24 @@ MAX_CLASS_LOCATIONS = 10_000       # foreground voxel coordinates stored per cla
 OUTSIDE_MASK = -1                  # label value of background voxels outside the nonzero mask
 
 
-def to_3d(data: np.ndarray, label: np.ndarray | None, spacing) -> tuple[np.ndarray, np.ndarray | None, list[float]]:
+def to_3d(data: np.ndarray, label: np.ndarray | None, spacing: SpacingMM
+          ) -> tuple[np.ndarray, np.ndarray | None, list[float]]:
     """A 2D case ``(c, y, x)`` as ``(c, 1, y, x)`` with spacing ``[DUMMY_2D_SPACING, sy, sx]``; 3D unchanged."""
-    spacing = [float(s) for s in spacing]
+    out = [float(s) for s in spacing]
     if data.ndim == 3:
         data = data[:, None]
         label = None if label is None else label[None]
-        spacing = [DUMMY_2D_SPACING, *spacing]
-    if data.ndim != 4 or len(spacing) != 3:
+        out = [DUMMY_2D_SPACING, *out]
+    if data.ndim != 4 or len(out) != 3:
         raise ValueError(f"expected a (c, y, x) or (c, z, y, x) case with matching spacing, got data "
-                         f"{data.shape}, spacing {spacing}")
-    return data, label, spacing
+                         f"{data.shape}, spacing {out}")
+    return data, label, out
 
 
-def target_spacing_for(config: dict, spacing) -> list[float]:
-    """The spacing a case is resampled to: the configuration's, with z untouched for 2D configurations."""
-    sp = [float(s) for s in config["spacing"]]
+def target_spacing_for(config: Configuration, spacing: Sequence[float]) -> list[float]:
+    """The spacing (mm, (z, y, x)) a case of ``spacing`` (mm, (z, y, x)) is resampled to: the configuration's,
+    with z untouched for 2D configurations."""
+    sp = [float(s) for s in config.spacing]
     return [float(spacing[0]), *sp] if len(sp) == 2 else sp
 
 
@@ -53,11 +58,11 @@ def sample_class_locations(seg: np.ndarray, seed: int, n_max: int = MAX_CLASS_LO
     return out
 
 
-def preprocess_case(data: np.ndarray, label: np.ndarray | None, geometry: Geometry, config: dict,
-                    config_name: str, seed: int = 0,
+def preprocess_case(data: np.ndarray, label: np.ndarray | None, geometry: Geometry, config: Configuration,
+                    seed: int = 0,
                     case_id: str | None = None,
                     file: str | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Preprocess one case for ``config`` (``plans["configurations"][config_name]``).
+    """Preprocess one case for ``config`` (its spacing, normalization and resampling).
 
     ``data``: ``(c, *raw_spatial)`` float32; ``label``: ``(*raw_spatial)`` int, or None when predicting;
     ``geometry``: the raw image's (spacing including any override). Returns ``(data (c, Z, Y, X) float32,
@@ -83,21 +88,20 @@ def preprocess_case(data: np.ndarray, label: np.ndarray | None, geometry: Geomet
         seg[(seg == 0) & ~mask] = OUTSIDE_MASK
     shape_after_crop = [int(s) for s in data.shape[1:]]
 
-    data = normalize(data, config["normalization"], mask)
+    data = normalize(data, config.normalization, mask)
 
     target = target_spacing_for(config, spacing)
-    rs = config.get("resampling", {})
+    rs = config.resampling
     shape = new_shape(shape_after_crop, spacing, target)
     check_resampled_size(shape_after_crop, spacing, target, shape, data.shape[0], seg is not None,
                          case_id=case_id, file=file)
-    threshold = rs.get("anisotropy_threshold", C.ANISOTROPY_THRESHOLD)
-    axis_order = rs.get("coarse_axis_order", C.COARSE_AXIS_RESAMPLING_ORDER)
-    data = resample_image(data, spacing, target, shape=shape, order=rs.get("image_order", C.IMAGE_RESAMPLING_ORDER),
+    threshold, axis_order = rs.anisotropy_threshold, rs.coarse_axis_order
+    data = resample_image(data, spacing, target, shape=shape, order=rs.image_order,
                           anisotropy_threshold=threshold, axis_order=axis_order)
     locations: dict[str, list] = {}
     if seg is not None:
         seg = resample_label(seg, spacing, target, shape=shape,
-                             order=rs.get("label_order", C.LABEL_RESAMPLING_ORDER),
+                             order=rs.label_order,
                              anisotropy_threshold=threshold, axis_order=axis_order)
         if seg.min() < -128 or seg.max() > 127:
             raise ValueError(f"label values {int(seg.min())}..{int(seg.max())} do not fit int8")
@@ -117,6 +121,6 @@ def preprocess_case(data: np.ndarray, label: np.ndarray | None, geometry: Geomet
         "target_spacing": [float(s) for s in target],
         "shape_after_resampling": [int(s) for s in data.shape[1:]],
         "class_locations": locations,
-        "config": config_name,
+        "config": config.name,
     })
     return np.ascontiguousarray(data, dtype=np.float32), seg, props

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from segpipe.dataset.model import CaseEntry, DatasetSpec
-from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_channels, read_label
+from segpipe.dataset.store import load_dataset
 from segpipe.errors import SegpipeError
 from segpipe.io.atomic import TMP_PREFIX, remove_stale_temporaries
-from segpipe.locking import locked
 from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
-from segpipe.planning.run import get_configuration
+from segpipe.locking import locked
 from segpipe.parallel import map_cases
+from segpipe.planning.plans import Configuration, load_plans
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.preprocessing.store import check_preprocessed, plan_hash, stale_cases, write_case
 from segpipe.records import _norm, input_state, relative_state, up_to_date, write_record
@@ -42,15 +42,15 @@ def case_seed(case_id: str, base: int = SEED) -> int:
     return base + zlib.crc32(case_id.encode("utf-8"))
 
 
-def _one(args: tuple[DatasetSpec, Path, CaseEntry, dict, str, Path, int]) -> str:
+def _one(args: tuple[DatasetSpec, Path, CaseEntry, Configuration, Path, int]) -> str:
     """Worker: preprocess one case and write its npz, then its json. Returns the case id (no arrays)."""
-    spec, raw, case, cfg, config, out, seed = args
+    spec, raw, case, cfg, out, seed = args
     data, geo = read_channels(spec, raw, case)
     label = None
     if case.label:
         lab, _ = read_label(spec, raw, case)
         label = np.rint(lab).astype(np.int16)
-    data, seg, props = preprocess_case(data, label, geo, cfg, config, seed=seed, case_id=case.id,
+    data, seg, props = preprocess_case(data, label, geo, cfg, seed=seed, case_id=case.id,
                                        file=str(raw / case.images[0]))
     props["plan_hash"] = plan_hash(cfg)
     write_case(out, case.id, data, seg, props)
@@ -73,13 +73,12 @@ def _wipe(folder: Path) -> int:
 def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = False) -> tuple[int, bool]:
     """Preprocess ``ws``'s dataset for ``config``. Returns (number of cases written now, skipped)."""
     spec = load_dataset(ws)
-    plans = read_json(ws.plans_json, kind="plans")
-    cfg = get_configuration(plans, config, ws.plans_json)
+    cfg = load_plans(ws).configuration(config)
     out = ws.preprocessed(config)
     stage = stage_name(config)
     raw_files = [ws.raw / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
     inputs = input_state([ws.dataset_json, ws.plans_json], raw_files)
-    settings = {"config": config, "plan": cfg}
+    settings = {"config": config, "plan": cfg.to_json()}
     state = {"inputs": relative_state(ws, inputs), "settings": _norm(settings)}
 
     record_ok = up_to_date(ws, stage, inputs, settings, [])
@@ -116,7 +115,7 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
     if todo and len(todo) < len(spec.cases):
         log.info("preprocess %s: %d of %d cases already complete; continuing with the other %d", config,
                  len(spec.cases) - len(todo), len(spec.cases), len(todo))
-    args = [(spec, ws.raw, c, cfg, config, out, case_seed(c.id)) for c in todo]
+    args = [(spec, ws.raw, c, cfg, out, case_seed(c.id)) for c in todo]
     map_cases(_one, args, workers, f"preprocess {config}", cases=[c.id for c in todo])
     check_preprocessed(out, [c.id for c in spec.cases], cfg, config)
     write_record(ws, stage, inputs, settings, [])

@@ -16,6 +16,7 @@ import numpy as np
 from segpipe.errors import fail
 from segpipe.io.atomic import atomic_save_npz, atomic_write_text
 from segpipe.io.jsonio import SCHEMA_VERSION, read_json
+from segpipe.planning.plans import Configuration
 from segpipe.records import config_hash
 
 
@@ -23,9 +24,9 @@ def _is_complete(folder: Path, case_id: str) -> bool:
     return (folder / f"{case_id}.json").is_file() and (folder / f"{case_id}.npz").is_file()
 
 
-def plan_hash(cfg: dict) -> str:
+def plan_hash(cfg: Configuration) -> str:
     """The hash of a configuration's plan entry that a preprocessed case records (see records.config_hash)."""
-    return config_hash(cfg)
+    return config_hash(cfg.to_json())
 
 
 _HASH_RX = re.compile(rb'"plan_hash":"([^"]+)"')
@@ -41,7 +42,7 @@ def case_plan_hash(folder: Path, case_id: str) -> str | None:
     return m.group(1).decode() if m else None
 
 
-def stale_cases(folder: Path, case_ids: list[str], cfg: dict) -> tuple[list[str], list[str]]:
+def stale_cases(folder: Path, case_ids: list[str], cfg: Configuration) -> tuple[list[str], list[str]]:
     """``(missing, other_plan)``: cases not (completely) preprocessed, and cases preprocessed with a plan
     other than ``cfg`` (e.g. re-planned while a preprocess was running)."""
     want = plan_hash(cfg)
@@ -50,7 +51,7 @@ def stale_cases(folder: Path, case_ids: list[str], cfg: dict) -> tuple[list[str]
     return missing, other
 
 
-def check_preprocessed(folder: Path, case_ids: list[str], cfg: dict, config: str) -> None:
+def check_preprocessed(folder: Path, case_ids: list[str], cfg: Configuration, config: str) -> None:
     """Refuse to use a preprocessed folder that lacks cases or mixes plans (names the cases and the fix)."""
     missing, other = stale_cases(folder, case_ids, cfg)
     if missing:
@@ -93,7 +94,7 @@ def _mmap_npz(path: Path) -> dict[str, np.ndarray]:
     """Memory-map the arrays of an uncompressed npz (a zip of stored .npy members)."""
     import zipfile
 
-    out = {}
+    out: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
     with open(path, "rb") as fh:

@@ -8,9 +8,12 @@ and scaling. Randomness comes from numpy's global generator, which the data stre
 from __future__ import annotations
 
 import numpy as np
-from batchgenerators.transforms.abstract_transforms import Compose
-from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
-                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
@@ -61,21 +64,41 @@ def augmentation_patch_size(patch) -> list[int]:
             ext = np.abs(m @ corners).max(axis=1) * 2
             out = np.maximum(out, ext)
     out = out / 0.85
+    if dummy:
+        out[0] = p[0]  # in-plane augmentation never rotates or scales across slices: no margin along z
     return [int(np.ceil(max(o, q))) for o, q in zip(out, patch)]
+
+
+class InPlaneSpatialTransform(AbstractTransform):
+    """``spatial`` (a 2D transform over ``(y, x)``) applied to every slice of 3D batches ``(b, c, z, y, x)``:
+    the slices become channels, so all slices of a sample get the same rotation and scale and nothing moves
+    across slices (nnU-Net's "dummy 2D" augmentation of flat patches)."""
+
+    def __init__(self, spatial: SpatialTransform):
+        self.spatial = spatial
+
+    def __call__(self, **batch: np.ndarray) -> dict[str, np.ndarray]:
+        shapes = {k: batch[k].shape for k in ("data", "seg") if batch.get(k) is not None}
+        for k, (b, c, z, y, x) in shapes.items():
+            batch[k] = batch[k].reshape(b, c * z, y, x)
+        batch = self.spatial(**batch)
+        for k, (b, c, z, _, _) in shapes.items():
+            batch[k] = batch[k].reshape(b, c, z, *batch[k].shape[2:])
+        return batch
 
 
 def training_transforms(patch, mirror: bool = True) -> Compose:
     """The training augmentation pipeline for a final spatial ``patch``."""
     rx, ry, rz, dummy = rotation_ranges(patch)
     ignore_axes = (0,) if dummy else None
-    spatial_patch = list(patch)
+    spatial = SpatialTransform(list(patch[1:]) if dummy else list(patch), patch_center_dist_from_border=None,
+                               do_elastic_deform=False, do_rotation=True, angle_x=rx, angle_y=ry, angle_z=rz,
+                               p_rot_per_axis=1, do_scale=True, scale=SCALE, border_mode_data="constant",
+                               border_cval_data=0, order_data=3, border_mode_seg="constant", border_cval_seg=-1,
+                               order_seg=1, random_crop=False, p_el_per_sample=0, p_scale_per_sample=0.2,
+                               p_rot_per_sample=0.2, independent_scale_for_each_axis=False)
     transforms = [
-        SpatialTransform(spatial_patch, patch_center_dist_from_border=None, do_elastic_deform=False,
-                         do_rotation=True, angle_x=rx, angle_y=ry, angle_z=rz, p_rot_per_axis=1, do_scale=True,
-                         scale=SCALE, border_mode_data="constant", border_cval_data=0, order_data=3,
-                         border_mode_seg="constant", border_cval_seg=-1, order_seg=1, random_crop=False,
-                         p_el_per_sample=0, p_scale_per_sample=0.2, p_rot_per_sample=0.2,
-                         independent_scale_for_each_axis=False),
+        InPlaneSpatialTransform(spatial) if dummy else spatial,
         GaussianNoiseTransform(p_per_sample=0.1),
         GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
         BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),

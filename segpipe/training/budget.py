@@ -12,8 +12,8 @@ Pure functions on numbers: the trainer measures, this module decides.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from segpipe.errors import fail
 

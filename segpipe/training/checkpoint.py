@@ -12,6 +12,7 @@ import torch
 
 from segpipe.errors import fail
 from segpipe.io.atomic import atomic_path, verify_zip
+from segpipe.planning.plans import NetworkPlan
 
 CHECKPOINT_VERSION = 1
 
@@ -37,11 +38,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def check_compatible(state: dict, network_plan: dict, path: str | os.PathLike) -> None:
+def check_compatible(state: dict, network: NetworkPlan, path: str | os.PathLike) -> None:
     """Refuse a checkpoint trained with a different network topology than the current plan."""
     keys = ("name", "n_stages", "features_per_stage", "kernel_sizes", "strides")
     old = {k: state.get("network_plan", {}).get(k) for k in keys}
-    new = {k: network_plan.get(k) for k in keys}
+    current = network.to_json()
+    new = {k: current.get(k) for k in keys}
     if old != new:
         diff = [k for k in keys if old[k] != new[k]]
         raise fail(f"checkpoint was trained with a different network ({', '.join(diff)} differ from plans.json)",

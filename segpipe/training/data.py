@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from segpipe.errors import fail
 from segpipe.training.augmentation import augmentation_patch_size, center_crop, training_transforms
 from segpipe.training.sampling import sample_patch
 
@@ -33,8 +34,13 @@ class CaseStore:
             return self._cache[case_id]
         from segpipe.preprocessing.store import load_case
 
-        item = load_case(self.folder, case_id)
-        size = item[0].nbytes + item[1].nbytes
+        data, seg, props = load_case(self.folder, case_id)
+        if seg is None:
+            raise fail(f"preprocessed case '{case_id}' has no segmentation, which training needs",
+                       "give the case a label and re-run `segpipe preprocess --force`",
+                       file=self.folder / f"{case_id}.npz", case=case_id)
+        item = (data, seg, props)
+        size = data.nbytes + seg.nbytes
         if self._used + size <= self.cache_bytes:
             self._cache[case_id] = item
             self._used += size

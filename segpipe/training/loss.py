@@ -6,7 +6,7 @@ Voxels whose label is negative (outside the nonzero crop) are ignored by both Di
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

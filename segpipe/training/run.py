@@ -8,11 +8,11 @@ import shutil
 import time
 
 from segpipe import records
-from segpipe.dataset.onboard import load_dataset
+from segpipe.dataset.store import load_dataset
 from segpipe.errors import fail
-from segpipe.locking import locked
 from segpipe.io.jsonio import read_json
-from segpipe.planning.run import get_configuration
+from segpipe.locking import locked
+from segpipe.planning.plans import load_plans
 from segpipe.training import distributed as dist
 from segpipe.training.splits import fold_cases
 from segpipe.training.trainer import TrainSettings, get_trainer
@@ -39,9 +39,8 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
                                    started_at=settings.started_at if settings.started_at is not None
                                    else time.monotonic())
     spec = load_dataset(ws)
-    plans = read_json(ws.plans_json, kind="plans")
-    cfg = get_configuration(plans, config, ws.plans_json)
-    trainer_cls = get_trainer(trainer or cfg.get("trainer", "default"))
+    cfg = load_plans(ws).configuration(config)
+    trainer_cls = get_trainer(trainer or cfg.trainer)
     pre = ws.preprocessed(config)
     from segpipe.preprocessing.store import check_preprocessed
 
@@ -52,7 +51,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     latest = out / "checkpoint_latest.pt"
     is_main = int(os.environ.get("RANK", "0")) == 0
     stage = records.train_stage(config, fold)
-    origin = records.fold_origin(ws, config, cfg)
+    origin = records.fold_origin(ws, cfg)
     if force and out.exists() and is_main:
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)
@@ -62,7 +61,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     dist.barrier()
     if not force and (final.is_file() or latest.is_file()):
         _check_fold_origin(out, origin, config, fold)
-    t = trainer_cls(cfg, spec.n_channels, spec.n_classes, pre, train_ids, val_ids, out, settings, config)
+    t = trainer_cls(cfg, spec.n_channels, spec.n_classes, pre, train_ids, val_ids, out, settings)
     if final.is_file() and not force:
         log.info("fold %s of %s is already trained (%s); use --force to train again", fold, config, final)
         t.load(final)
@@ -96,8 +95,9 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
                                     deadline=getattr(t, "deadline", None))
     if t.is_main and final.is_file():
         records.write_record(ws, stage, rec_inputs, rec_settings, [final] + ([vsum] if vsum.is_file() else []),
-                             info={"trainer": trainer or cfg.get("trainer", "default"),
-                                   "settings": {k: v for k, v in vars(settings).items() if k not in ("extra", "started_at")}})
+                             info={"trainer": trainer or cfg.trainer,
+                                   "settings": {k: v for k, v in vars(settings).items()
+                                                if k not in ("extra", "started_at")}})
     dist.barrier()
     dist.cleanup()
     return {"state": t.state, "validation": summary, "out": str(out)}

@@ -18,7 +18,9 @@ def crop_padded(arr: np.ndarray, lower: list[int], size: list[int], pad_value: f
         src.append(slice(a, max(a, b)))
         dst.append(slice(a - lo, a - lo + max(0, b - a)))
     out = np.full((arr.shape[0], *size), pad_value, dtype=arr.dtype)
-    out[(slice(None), *dst)] = arr[(slice(None), *src)]
+    # indices built first: mypy takes out[(slice(None), *dst)] for 3.11-only subscript unpacking (same AST)
+    into, take = (slice(None), *dst), (slice(None), *src)
+    out[into] = arr[take]
     return out
 
 

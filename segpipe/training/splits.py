@@ -93,6 +93,12 @@ def fold_cases(ws: Workspace, fold: str, case_ids: list[str]) -> tuple[list[str]
 
 
 def _dataset_cases(ws: Workspace):
-    from segpipe.dataset.onboard import load_dataset
+    from segpipe.dataset.store import load_dataset
 
     return load_dataset(ws).cases
+
+
+def fold_names(ws: Workspace) -> list[str]:
+    """The folds of the workspace's splits.json ("0", "1", ...), creating splits.json on first use: 5 folds,
+    fewer when the data set has fewer cases (or subjects)."""
+    return [str(k) for k in range(len(load_splits(ws, [c.id for c in _dataset_cases(ws)])))]

@@ -10,9 +10,10 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -20,15 +21,16 @@ from tqdm import tqdm
 
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import SegpipeError, did_you_mean, fail
+from segpipe.io.jsonio import read_json
 from segpipe.networks import build_network
+from segpipe.planning.plans import Configuration
 from segpipe.progress import Heartbeat
 from segpipe.training import distributed as dist
+from segpipe.training.budget import BudgetSchedule, FinalValidationCost, final_validation_cost, plan_budget
 from segpipe.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from segpipe.training.data import BatchStream, CaseStore, make_batch, make_loader
 from segpipe.training.logs import plot_progress, write_log
 from segpipe.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
-from segpipe.io.jsonio import read_json
-from segpipe.training.budget import BudgetSchedule, FinalValidationCost, final_validation_cost, plan_budget
 from segpipe.training.schedule import poly_lr, training_progress
 
 log = logging.getLogger(__name__)
@@ -68,9 +70,9 @@ class TrainSettings:
     started_at: float | None = None
     extra: dict = field(default_factory=dict)
 
-    def check(self) -> "TrainSettings":
+    def check(self) -> TrainSettings:
         """Refuse settings that cannot train (a user error naming the option and the fix)."""
-        bad = []
+        bad: list[tuple[str, object, str]] = []
         if self.budget_s is not None and not (math.isfinite(self.budget_s) and self.budget_s > 0):
             bad.append(("--budget", f"{self.budget_s} s", "give a positive duration, e.g. 20m"))
         for name, v in (("--epochs", self.epochs), ("--iterations-per-epoch", self.iterations_per_epoch),
@@ -101,17 +103,30 @@ class TrainSettings:
         return int(min(50, max(2, self.resolved_iterations_per_epoch() // 5)))
 
 
-TRAINERS: dict[str, type["Trainer"]] = {}
+class TrainState(TypedDict):
+    """The loop's state, saved in every checkpoint beside the weights; ``history`` has one entry per epoch (as in
+    log.jsonl). Times in seconds; the pseudo-Dice EMAs are None before the first epoch."""
+
+    epoch: int
+    iteration: int
+    elapsed_s: float
+    val_seconds: float
+    ema_pseudo_dice: float | None
+    best_ema_pseudo_dice: float | None
+    history: list[dict[str, Any]]
 
 
-def register_trainer(name: str) -> Callable[[type["Trainer"]], type["Trainer"]]:
-    def deco(cls: type["Trainer"]) -> type["Trainer"]:
+TRAINERS: dict[str, type[Trainer]] = {}
+
+
+def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
+    def deco(cls: type[Trainer]) -> type[Trainer]:
         TRAINERS[name] = cls
         return cls
     return deco
 
 
-def get_trainer(name: str) -> type["Trainer"]:
+def get_trainer(name: str) -> type[Trainer]:
     if name not in TRAINERS:
         raise fail(f"unknown trainer '{name}'{did_you_mean(name, TRAINERS)}",
                    f"use one of: {', '.join(sorted(TRAINERS))}")
@@ -120,23 +135,23 @@ def get_trainer(name: str) -> type["Trainer"]:
 
 @register_trainer("default")
 class Trainer:
-    """Trains one fold. ``config`` is the plan's configuration entry; arrays come from ``preprocessed``."""
+    """Trains one fold. ``config`` is the plan's configuration; arrays come from ``preprocessed``."""
 
-    def __init__(self, config: dict, n_channels: int, n_classes: int, preprocessed: Path, train_ids: list[str],
-                 val_ids: list[str], out_dir: Path, settings: TrainSettings, config_name: str = ""):
+    def __init__(self, config: Configuration, n_channels: int, n_classes: int, preprocessed: Path,
+                 train_ids: list[str], val_ids: list[str], out_dir: Path, settings: TrainSettings):
         self.config, self.settings = config, settings
         self.n_channels, self.n_classes = n_channels, n_classes
         self.preprocessed, self.train_ids, self.val_ids = Path(preprocessed), train_ids, val_ids
         self.out = Path(out_dir)
-        self.config_name = config_name
-        self.patch = list(config["patch_size"])
+        self.config_name = config.name
+        self.patch = list(config.patch_size)
         self.device = pick_device(settings.device)
         self.rank, self.world, _ = dist.init(self.device.type)
-        self.batch_size = dist.share(int(settings.batch_size or config["batch_size"]), self.rank, self.world)
+        self.batch_size = dist.share(int(settings.batch_size or config.batch_size), self.rank, self.world)
         if settings.threads:
             torch.set_num_threads(settings.threads)
         torch.manual_seed(settings.seed)
-        self.network = build_network(config["network"], n_channels, n_classes, deep_supervision=True).to(self.device)
+        self.network = build_network(config.network, n_channels, n_classes, deep_supervision=True).to(self.device)
         self.model = self.network
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -146,12 +161,12 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, settings.precision)
         self.amp = self.amp_dtype is not None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        n_out = config["network"]["n_stages"] - 1
-        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=bool(config.get("batch_dice", False))),
+        n_out = config.network.topology.n_stages - 1
+        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=config.batch_dice),
                                         deep_supervision_weights(n_out))
-        self.strides = config["network"]["strides"]
-        self.state = {"epoch": 0, "iteration": 0, "elapsed_s": 0.0, "val_seconds": 0.0, "ema_pseudo_dice": None,
-                      "best_ema_pseudo_dice": None, "history": []}
+        self.strides = [list(s) for s in config.network.topology.strides]
+        self.state: TrainState = {"epoch": 0, "iteration": 0, "elapsed_s": 0.0, "val_seconds": 0.0,
+                                  "ema_pseudo_dice": None, "best_ema_pseudo_dice": None, "history": []}
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -161,19 +176,20 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "network_plan": self.config["network"], "config_name": self.config_name,
+                "network_plan": self.config.network.to_json(), "config_name": self.config_name,
                 "patch_size": self.patch, "n_channels": self.n_channels, "n_classes": self.n_classes,
                 "settings": {k: v for k, v in asdict(self.settings).items() if k != "extra"}, **self.state}
 
     def load(self, path: Path) -> None:
         st = load_checkpoint(path, map_location=self.device)
-        check_compatible(st, self.config["network"], path)
+        check_compatible(st, self.config.network, path)
         self.network.load_state_dict(st["network"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scaler.load_state_dict(st["scaler"])
         torch.set_rng_state(st["torch_rng"].cpu())
-        for k in self.state:
-            self.state[k] = st[k]
+        # every key of this trainer's state that the checkpoint has (a subclass may keep more keys than
+        # TrainState's; a checkpoint of an older segpipe may lack newer ones, which keep their start values)
+        self.state = cast(TrainState, {**self.state, **{k: st[k] for k in self.state if k in st}})
         log.info("resumed from %s (epoch %d, iteration %d)", path, st["epoch"], st["iteration"])
 
     def save(self, name: str) -> None:
@@ -265,11 +281,11 @@ class Trainer:
         if s.budget_s is not None and total_iterations:
             length += f" (at most {total_iterations} iterations)"
         return (f"train {self.config_name}: {len(self.train_ids)} training / {len(self.val_ids)} validation cases, "
-                f"patch {self.patch}, batch {self.batch_size}, {self.config['network'].get('name', 'plain')} "
-                f"network {self.config['network']['features_per_stage']}, device {self.device}, precision "
+                f"patch {self.patch}, batch {self.batch_size}, {self.config.network.name} "
+                f"network {list(self.config.network.topology.features_per_stage)}, device {self.device}, precision "
                 f"{self.amp_dtype or torch.float32}, {length}, {s.workers} augmentation worker(s) -> {self.out}")
 
-    def run(self) -> dict:
+    def run(self) -> TrainState:
         """Train until the epochs or the budget are used up; returns the final state."""
         s = self.settings
         self.out.mkdir(parents=True, exist_ok=True)
@@ -291,7 +307,8 @@ class Trainer:
         loader = iter(make_loader(stream, s.workers))
         val_store = CaseStore(self.preprocessed, self.val_ids)
         self.schedule: BudgetSchedule | None = None
-        seconds_per_val_batch = final = None
+        seconds_per_val_batch = 0.0  # measured when there is a budget (only budgets use it)
+        final: FinalValidationCost | None = None
         if s.budget_s is not None:
             seconds_per_val_batch = self.time_forward(val_store)
             if s.final_validation and self.val_ids:
@@ -319,7 +336,8 @@ class Trainer:
                 if epochs is not None and self.state["epoch"] >= epochs:
                     break
                 t0 = time.monotonic()
-                losses, lr = [], s.lr
+                losses: list[float] = []
+                lr = s.lr
                 bar = tqdm(total=ipe, desc=f"epoch {self.state['epoch']}", unit="it",
                            disable=None if self.is_main else True, leave=False)
                 while len(losses) < ipe:
@@ -390,7 +408,8 @@ class Trainer:
                 if self.is_main:
                     write_log(self.out / "log.jsonl", self.state["history"])
                     plot_progress(self.out / "progress.png", self.state["history"])
-                    hb.beat()
+                    if hb is not None:
+                        hb.beat()
                     log.info("epoch %d: %d iterations, train loss %.4f, val loss %.4f, pseudo Dice %s (EMA %.4f), "
                              "lr %.5f, %.1f s", entry["epoch"], len(losses), entry["train_loss"], val_loss,
                              [round(d, 4) for d in dice], ema, lr, entry["epoch_seconds"])

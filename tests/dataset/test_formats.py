@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FETAL, hippo_file, hippo_ids, make_hc18_like, make_msd, tree_state
 
-from conftest import FETAL, HIPPO, hippo_ids, make_msd, require, tree_state
 from segpipe.cli import main
 from segpipe.dataset.formats import detect_format
 from segpipe.dataset.formats.common import OnboardOptions
-from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_case
+from segpipe.dataset.store import load_dataset
 from segpipe.workspace import Workspace
 
 LABELS = ["--labels", "background=0", "anterior=1", "posterior=2"]
@@ -62,8 +62,8 @@ def test_nnunet_raw_layout_with_two_channels(tmp_path: Path):
     (src / "labelsTr").mkdir()
     for cid in hippo_ids(3):
         for ch in ("0000", "0001"):
-            os.symlink(HIPPO / "imagesTr" / f"{cid}.nii.gz", src / "imagesTr" / f"{cid}_{ch}.nii.gz")
-        os.symlink(HIPPO / "labelsTr" / f"{cid}.nii.gz", src / "labelsTr" / f"{cid}.nii.gz")
+            os.symlink(hippo_file(cid), src / "imagesTr" / f"{cid}_{ch}.nii.gz")
+        os.symlink(hippo_file(cid, "labelsTr"), src / "labelsTr" / f"{cid}.nii.gz")
     (src / "imagesTr" / "._hidden_0000.nii.gz").write_bytes(b"macOS resource fork")
     (src / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "FLAIR"}, "labels": {
         "background": 0, "anterior": 1, "posterior": 2}, "numTraining": 3, "file_ending": ".nii.gz"}))
@@ -91,8 +91,8 @@ def test_flat_layout_with_globs_and_copy(tmp_path: Path):
     (src / "masks").mkdir()
     ids = hippo_ids(3)
     for cid in ids:
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", src / "scans" / f"{cid}_t1.nii.gz")
-        shutil.copy(HIPPO / "labelsTr" / f"{cid}.nii.gz", src / "masks" / f"{cid}_seg.nii.gz")
+        shutil.copy(hippo_file(cid), src / "scans" / f"{cid}_t1.nii.gz")
+        shutil.copy(hippo_file(cid, "labelsTr"), src / "masks" / f"{cid}_seg.nii.gz")
     ws_root = tmp_path / "ws"
     assert _run(str(src), "--name", "flat", "--workspace", str(ws_root), "--image-glob", "scans/*_t1.nii.gz",
                 "--label-glob", "masks/*_seg.nii.gz", "--channels", "T1", *LABELS, "--copy") == 0
@@ -102,8 +102,15 @@ def test_flat_layout_with_globs_and_copy(tmp_path: Path):
     assert not ws.raw.is_symlink() and (ws.raw / "scans" / f"{ids[0]}_t1.nii.gz").is_file()
 
 
-def _fetal_subset(dst: Path, n: int = 6) -> Path:
-    require(FETAL)
+HC18_SOURCES = ["synthetic", pytest.param("real", marks=pytest.mark.real_data("fetal_head_us_2d"))]
+
+
+def _fetal_subset(dst: Path, n: int = 6, source: str = "synthetic") -> Path:
+    """``n`` HC18 frames (images/, masks/ with RGB 0/255 masks) and their pixel_size.csv: HC18-like synthetic ones
+    (540x800 PNGs), or the first ``n`` real ones from ../shared/data (tests marked real_data)."""
+    if source == "synthetic":
+        make_hc18_like(dst, [f"{i:03d}_HC" for i in range(n)])
+        return dst
     (dst / "images").mkdir(parents=True)
     (dst / "masks").mkdir()
     names = sorted(p.name for p in (FETAL / "images").iterdir())[:n]
@@ -114,8 +121,9 @@ def _fetal_subset(dst: Path, n: int = 6) -> Path:
     return dst
 
 
-def test_png_2d_with_0_255_masks_and_spacing_csv(tmp_path: Path):
-    src = _fetal_subset(tmp_path / "hc18")
+@pytest.mark.parametrize("source", HC18_SOURCES)
+def test_png_2d_with_0_255_masks_and_spacing_csv(tmp_path: Path, source: str):
+    src = _fetal_subset(tmp_path / "hc18", source=source)
     ws_root = tmp_path / "ws"
     assert _run(str(src), "--name", "hc", "--workspace", str(ws_root), "--image-glob", "images/*.png",
                 "--label-glob", "masks/*_Mask.png", "--spacing-csv", str(src / "pixel_size.csv"),
@@ -132,8 +140,9 @@ def test_png_2d_with_0_255_masks_and_spacing_csv(tmp_path: Path):
     assert set(np.unique(label)) == {0, 1} and geo.spacing == pytest.approx(tuple(case.spacing))
 
 
-def test_png_without_spacing_warns(tmp_path: Path, capsys):
-    src = _fetal_subset(tmp_path / "hc18", 2)
+@pytest.mark.parametrize("source", HC18_SOURCES)
+def test_png_without_spacing_warns(tmp_path: Path, capsys, source: str):
+    src = _fetal_subset(tmp_path / "hc18", 2, source)
     assert _run(str(src), "--name", "hc", "--workspace", str(tmp_path / "ws"), "--image-glob", "images/*.png",
                 "--label-glob", "masks/*_Mask.png") == 0
     assert "carry no pixel spacing" in capsys.readouterr().err

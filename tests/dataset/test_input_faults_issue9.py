@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import hippo_file, hippo_ids, make_hc18_like, make_msd, tree_state
 from PIL import Image
 
-from conftest import FETAL, HIPPO, hippo_ids, make_msd, require, tree_state
 from segpipe.cli import main
 from segpipe.dataset.model import CaseEntry, DatasetSpec
-from segpipe.dataset.onboard import load_dataset
 from segpipe.dataset.reading import read_case
+from segpipe.dataset.store import load_dataset
 from segpipe.dataset.validate import validate_dataset
 from segpipe.io.images import read_image
 from segpipe.workspace import Workspace
@@ -46,14 +46,9 @@ def _refused(src: Path, tmp: Path, capsys, *extra: str) -> str:
 
 
 def _hc18(dst: Path, names: list[str] = HC18_NAMES) -> Path:
-    """A flat folder of real HC18 frames (images/, masks/) with the pixel-size CSV."""
-    require(FETAL)
-    (dst / "images").mkdir(parents=True)
-    (dst / "masks").mkdir()
-    for n in names:
-        shutil.copy(FETAL / "images" / f"{n}.png", dst / "images")
-        shutil.copy(FETAL / "masks_filled_derived" / f"{n}_Mask.png", dst / "masks")
-    shutil.copy(FETAL / "training_set_pixel_size_and_HC.csv", dst / "pixel_size.csv")
+    """A flat folder of HC18-like frames named as the real ones (synthetic 540x800 grey PNGs in images/, RGB 0/255
+    masks in masks/) with the pixel-size CSV."""
+    make_hc18_like(dst, names)
     return dst
 
 
@@ -120,8 +115,8 @@ def _nnunet(dst: Path, n: int = 2, **dj) -> Path:
     (dst / "imagesTr").mkdir(parents=True)
     (dst / "labelsTr").mkdir()
     for cid in hippo_ids(n):
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", dst / "imagesTr" / f"{cid}_0000.nii.gz")
-        shutil.copy(HIPPO / "labelsTr" / f"{cid}.nii.gz", dst / "labelsTr" / f"{cid}.nii.gz")
+        shutil.copy(hippo_file(cid), dst / "imagesTr" / f"{cid}_0000.nii.gz")
+        shutil.copy(hippo_file(cid, "labelsTr"), dst / "labelsTr" / f"{cid}.nii.gz")
     d = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "anterior": 1, "posterior": 2},
          "numTraining": n, "file_ending": ".nii.gz"}
     d.update(dj)
@@ -195,6 +190,12 @@ def test_single_page_tiff_onboards(tmp_path: Path, capsys):
     code, msg = _onboard(src, tmp_path / "ws", capsys, "--image-glob", "images/*.tif", "--label-glob",
                          "masks/*.tif", "--pixel-spacing", "0.1")
     assert code == 0, msg
+    ws = Workspace(tmp_path / "ws", "d")
+    spec = load_dataset(ws)
+    assert [c.id for c in spec.cases] == ["c0", "c1"]
+    data, label, geo = read_case(spec, ws.raw, spec.cases[0])
+    assert data.shape == (1, 24, 32) and label.shape == (24, 32) and geo.spacing == pytest.approx((0.1, 0.1))
+    assert set(np.unique(label)) == {0, 1}
 
 
 # --- 5. grey+alpha, RGBA and colour PNGs ------------------------------------------------------------------------
@@ -206,7 +207,8 @@ def _convert_images(src: Path, fn) -> None:
 
 
 def test_grey_alpha_png_reads_as_its_grey_component(tmp_path: Path):
-    grey = np.asarray(Image.open(require(FETAL / "images" / "010_HC.png")))
+    frame = make_hc18_like(tmp_path / "hc", ["010_HC"]).image_files["010_HC"][0]
+    grey = np.asarray(Image.open(frame))
     alpha = np.full_like(grey, 255)
     alpha[:10] = 0  # a varying alpha is ignored (with a warning), the grey values are kept
     path = tmp_path / "la.png"
@@ -258,8 +260,7 @@ def test_colour_label_map_is_refused(tmp_path: Path, capsys):
 # --- 6. subjects: grouping options, their errors, and grouped folds ---------------------------------------------
 
 def test_subject_pattern_groups_hc18_frames_into_one_fold(tmp_path: Path, capsys):
-    from segpipe.training.splits import load_splits
-    from segpipe.training.splits import make_splits
+    from segpipe.training.splits import load_splits, make_splits
 
     src = _hc18(tmp_path / "hc")
     code, msg = _onboard(src, tmp_path / "ws", capsys, *_hc18_args(src), "--subject-pattern", r"^(\d{3})_")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import hippo_file, hippo_ids, make_msd, tree_state
 
-from conftest import HIPPO, hippo_ids, make_msd, tree_state
 from segpipe.cli import main
 
 
@@ -136,10 +136,10 @@ def test_channel_count_mismatch_nnunet_layout(tmp_path: Path, capsys):
     (src / "labelsTr").mkdir()
     ids = hippo_ids(3)
     for cid in ids:
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", src / "imagesTr" / f"{cid}_0000.nii.gz")
-        shutil.copy(HIPPO / "labelsTr" / f"{cid}.nii.gz", src / "labelsTr" / f"{cid}.nii.gz")
+        shutil.copy(hippo_file(cid), src / "imagesTr" / f"{cid}_0000.nii.gz")
+        shutil.copy(hippo_file(cid, "labelsTr"), src / "labelsTr" / f"{cid}.nii.gz")
         if cid != ids[1]:
-            shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", src / "imagesTr" / f"{cid}_0001.nii.gz")
+            shutil.copy(hippo_file(cid), src / "imagesTr" / f"{cid}_0001.nii.gz")
     (src / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "labels": {
         "background": 0, "anterior": 1, "posterior": 2}, "numTraining": 3, "file_ending": ".nii.gz"}))
     code, msg = _onboard(src, tmp_path / "ws", capsys)
@@ -188,8 +188,8 @@ def test_unsafe_case_id_in_flat_layout(tmp_path: Path, capsys):
     src.mkdir()
     cid = hippo_ids(1)[0]
     for name in ("ok", "bad id;rm"):
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", src / f"{name}_img.nii.gz")
-        shutil.copy(HIPPO / "labelsTr" / f"{cid}.nii.gz", src / f"{name}_seg.nii.gz")
+        shutil.copy(hippo_file(cid), src / f"{name}_img.nii.gz")
+        shutil.copy(hippo_file(cid, "labelsTr"), src / f"{name}_seg.nii.gz")
     code, msg = _onboard(src, tmp_path / "ws", capsys, "--image-glob", "*_img.nii.gz", "--label-glob",
                          "*_seg.nii.gz", "--labels", "background=0", "a=1", "b=2")
     assert code == 2 and "bad id;rm" in msg and "characters" in msg

@@ -7,7 +7,7 @@ from segpipe.evaluation.postprocessing import apply_postprocessing, choose_postp
 
 def _cube(shape, lo, size, value=1):
     a = np.zeros(shape, np.int16)
-    a[tuple(slice(l, l + size) for l in lo)] = value
+    a[tuple(slice(start, start + size) for start in lo)] = value
     return a
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import hippo_ids, make_msd
+
 from segpipe.cli import main
 from segpipe.fingerprint.aggregate import intensity_stats
 from segpipe.fingerprint.case import fingerprint_case

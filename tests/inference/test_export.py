@@ -1,12 +1,13 @@
 """Tests of segpipe/inference/export.py: probabilities resampled back, un-cropped and written with the raw
-geometry, on a real hippocampus case (3D NIfTI) and a real fetal head mask (2D PNG)."""
+geometry, on a real hippocampus case (3D NIfTI, the shipped example data) and an HC18-like fetal head mask (2D RGB
+0/255 PNG, synthetic)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import hippo_file, hippo_ids, make_hc18_like
 
-from conftest import FETAL, HIPPO, hippo_ids, require
 from segpipe.inference.export import export_label_map, probabilities_path, probabilities_to_original
 from segpipe.io.images import read_image
 from segpipe.preprocessing.resampling import resample_image
@@ -22,7 +23,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def hippo_case():
     cid = hippo_ids(1)[0]
-    label, geo = read_image(require(HIPPO / "labelsTr" / f"{cid}.nii.gz"))
+    label, geo = read_image(hippo_file(cid, "labelsTr"))
     # crop a few voxels off each side that hold no foreground
     fg = np.argwhere(label > 0)
     lo = np.maximum(fg.min(0) - 1, 0)
@@ -79,7 +80,7 @@ def test_probabilities_to_original_background_outside_crop():
 
 
 def test_export_2d_png(tmp_path):
-    mask_path = require(FETAL / "masks_filled_derived" / "000_HC_Mask.png")
+    mask_path = make_hc18_like(tmp_path / "hc18", ["000_HC"]).label_files["000_HC"]
     raw, geo = read_image(mask_path)
     mask = (raw[0] if raw.ndim == 3 else raw) > 0  # RGB PNG: components first
     assert mask.shape == (540, 800)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_ws, hippo_file, hippo_ids
 
-from conftest import HIPPO, copy_ws, hippo_ids
 from segpipe.cli import main
 from segpipe.io.images import read_image
 from segpipe.io.jsonio import read_json
@@ -31,8 +31,8 @@ def held_out(tmp_path_factory) -> tuple[Path, Path]:
     img.mkdir()
     lab.mkdir()
     for cid in hippo_ids(10)[6:]:
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", img / f"{cid}_0000.nii.gz")
-        shutil.copy(HIPPO / "labelsTr" / f"{cid}.nii.gz", lab / f"{cid}.nii.gz")
+        shutil.copy(hippo_file(cid), img / f"{cid}_0000.nii.gz")
+        shutil.copy(hippo_file(cid, "labelsTr"), lab / f"{cid}.nii.gz")
     return img, lab
 
 

@@ -1,6 +1,7 @@
 """`segpipe predict`'s input folder: duplicate case ids, 2D images without a pixel size, label maps given as
-images. Unit checks of resolve_inputs on real files, then the CLI with a tiny trained model: exit 2, the file,
-the problem and the fix, and nothing written."""
+images. Unit checks of resolve_inputs on real hippocampus files (the shipped example data) and HC18-like PNGs
+(synthetic, conftest.make_hc18_like), then the CLI with a tiny trained model: exit 2, the file, the problem and the
+fix, and nothing written."""
 from __future__ import annotations
 
 import logging
@@ -9,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+from conftest import hippo_file, hippo_ids, make_hc18_like, tree_state
 
-from conftest import FETAL, HIPPO, hippo_ids, tree_state
 from segpipe.cli import main
 from segpipe.dataset.model import DatasetSpec
 from segpipe.errors import SegpipeError
 from segpipe.inference import inputs
 from segpipe.inference.inputs import resolve_inputs
 
-CSV = FETAL / "training_set_pixel_size_and_HC.csv"
 HIPPO_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 
 
@@ -31,15 +31,22 @@ def _hippo(folder: Path, n: int, sub: str = "imagesTr", suffix: str = "") -> lis
     folder.mkdir(parents=True, exist_ok=True)
     ids = hippo_ids(n)
     for cid in ids:
-        shutil.copy(HIPPO / sub / f"{cid}.nii.gz", folder / f"{cid}{suffix}.nii.gz")
+        shutil.copy(hippo_file(cid, sub), folder / f"{cid}{suffix}.nii.gz")
     return ids
 
 
-def _pngs(folder: Path, n: int, masks: bool = False) -> list[str]:
+@pytest.fixture(scope="module")
+def hc18(tmp_path_factory) -> Path:
+    """HC18-like frames 000_HC..002_HC (images/, masks/ with RGB 0/255 masks, pixel_size.csv)."""
+    return make_hc18_like(tmp_path_factory.mktemp("hc18"), [f"{i:03d}_HC" for i in range(3)]).root
+
+
+def _pngs(hc18: Path, folder: Path, n: int, masks: bool = False) -> list[str]:
+    """Copy the first ``n`` HC18-like frames (or their masks, under the frame's name) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in (FETAL / "images").iterdir())[:n]
+    names = sorted(p.name for p in (hc18 / "images").iterdir())[:n]
     for name in names:
-        src = FETAL / "masks_filled_derived" / name.replace(".png", "_Mask.png") if masks else FETAL / "images" / name
+        src = hc18 / "masks" / name.replace(".png", "_Mask.png") if masks else hc18 / "images" / name
         shutil.copy(src, folder / name)
     return names
 
@@ -55,8 +62,8 @@ def test_two_files_for_one_case_are_named(tmp_path, other):
     assert f"{cid}.nii.gz" in msg and other.format(cid=cid) in msg and "fix:" in msg
 
 
-def test_2d_images_need_a_pixel_size(tmp_path):
-    names = _pngs(tmp_path / "in", 2)
+def test_2d_images_need_a_pixel_size(tmp_path, hc18):
+    names = _pngs(hc18, tmp_path / "in", 2)
     with pytest.raises(SegpipeError) as e:
         resolve_inputs(tmp_path / "in", _spec(".png"))
     msg = e.value.format()
@@ -68,15 +75,16 @@ def test_2d_images_need_a_pixel_size(tmp_path):
         resolve_inputs(tmp_path / "in", _spec(".png"), pixel_spacing=-1.0)
 
 
-def test_spacing_csv_gives_each_case_its_pixel_size_like_onboarding(tmp_path):
-    names = _pngs(tmp_path / "in", 3)
-    cases = resolve_inputs(tmp_path / "in", _spec(".png"), spacing_csv=CSV)
-    rows = dict(line.split(",")[:2] for line in CSV.read_text().splitlines()[1:])
+def test_spacing_csv_gives_each_case_its_pixel_size_like_onboarding(tmp_path, hc18):
+    names = _pngs(hc18, tmp_path / "in", 3)
+    csv_path = hc18 / "pixel_size.csv"
+    cases = resolve_inputs(tmp_path / "in", _spec(".png"), spacing_csv=csv_path)
+    rows = dict(line.split(",")[:2] for line in csv_path.read_text().splitlines()[1:])
     assert [c.spacing for c in cases] == [[float(rows[n])] * 2 for n in names]
     shutil.copy(tmp_path / "in" / names[0], tmp_path / "in" / "extra_scan.png")
     with pytest.raises(SegpipeError) as e:
-        resolve_inputs(tmp_path / "in", _spec(".png"), spacing_csv=CSV)
-    assert "extra_scan.png" in e.value.format() and str(CSV) in e.value.format()
+        resolve_inputs(tmp_path / "in", _spec(".png"), spacing_csv=csv_path)
+    assert "extra_scan.png" in e.value.format() and str(csv_path) in e.value.format()
 
 
 def test_pixel_spacing_for_3d_images_is_refused(tmp_path):
@@ -85,7 +93,7 @@ def test_pixel_spacing_for_3d_images_is_refused(tmp_path):
         resolve_inputs(tmp_path / "in", _spec(), pixel_spacing=1.0)
 
 
-def test_label_maps_given_as_images_warn_after_reading_few_cases(tmp_path, caplog, monkeypatch):
+def test_label_maps_given_as_images_warn_after_reading_few_cases(tmp_path, hc18, caplog, monkeypatch):
     reads = []
     real_read = inputs.read_image
     monkeypatch.setattr(inputs, "read_image", lambda p: reads.append(p) or real_read(p))
@@ -100,7 +108,7 @@ def test_label_maps_given_as_images_warn_after_reading_few_cases(tmp_path, caplo
         resolve_inputs(tmp_path / "images", _spec())
     assert "label maps" not in caplog.text and len(reads) == 1
     # HC18 0/255 RGB masks given as inputs of a 2D data set that maps 255 -> 1
-    _pngs(tmp_path / "masks", 2, masks=True)
+    _pngs(hc18, tmp_path / "masks", 2, masks=True)
     with caplog.at_level(logging.WARNING, logger="segpipe.inference.inputs"):
         resolve_inputs(tmp_path / "masks", _spec(".png", {"background": 0, "head": 1}, {"255": 1}),
                        pixel_spacing=0.1)
@@ -118,8 +126,8 @@ def _predict(ws: Path, inp: Path, out: Path, *extra: str) -> int:
                  *extra])
 
 
-def test_cli_refuses_bad_inputs_and_writes_nothing(tiny_one_fold, tmp_path, capsys):
-    _pngs(tmp_path / "png", 1)
+def test_cli_refuses_bad_inputs_and_writes_nothing(tiny_one_fold, tmp_path, hc18, capsys):
+    _pngs(hc18, tmp_path / "png", 1)
     cid = _hippo(tmp_path / "dup", 1)[0]
     shutil.copy(tmp_path / "dup" / f"{cid}.nii.gz", tmp_path / "dup" / f"{cid}_0000.nii.gz")
     short_csv = tmp_path / "sizes.csv"

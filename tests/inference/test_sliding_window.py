@@ -9,8 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from segpipe.inference.sliding_window import (gaussian_importance_map, mirror_axes_for, predict_sliding_window,
-                                              window_starts)
+from segpipe.inference.sliding_window import (
+    gaussian_importance_map,
+    mirror_axes_for,
+    predict_sliding_window,
+    window_starts,
+)
 from segpipe.networks import build_network
 
 torch.set_num_threads(2)

@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segpipe.errors import SegpipeError
 from segpipe.io.atomic import atomic_path, atomic_save_npz, atomic_write_text, remove_stale_temporaries
 from segpipe.io.jsonio import read_json, write_json
-from segpipe.errors import SegpipeError
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path: Path):

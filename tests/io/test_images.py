@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import hippo_file, hippo_ids
 
-from conftest import HIPPO, hippo_ids
 from segpipe.errors import SegpipeError
 from segpipe.io.images import Geometry, file_ending, read_image, write_image
 
@@ -19,13 +19,13 @@ def test_roundtrip_keeps_geometry_in_array_axis_order(tmp_path: Path):
 
 
 def test_real_hippocampus_case_shape_matches_readme():
-    arr, geo = read_image(HIPPO / "imagesTr" / f"{hippo_ids(1)[0]}.nii.gz")
+    arr, geo = read_image(hippo_file(hippo_ids(1)[0]))
     assert arr.ndim == 3 and geo.spacing == pytest.approx((1.0, 1.0, 1.0))
     assert arr.shape == geo.shape
 
 
 def test_truncated_file_error_names_the_file(tmp_path: Path):
-    src = HIPPO / "imagesTr" / f"{hippo_ids(1)[0]}.nii.gz"
+    src = hippo_file(hippo_ids(1)[0])
     bad = tmp_path / "cut.nii.gz"
     bad.write_bytes(src.read_bytes()[:300])
     with pytest.raises(SegpipeError) as e:

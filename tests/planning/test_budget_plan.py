@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_ws
+
 from segpipe.cli import main
 from segpipe.io.jsonio import read_json
 from segpipe.planning import budget as B
-from segpipe.planning.run import default_configuration
 
 
 class StubCalibration:
@@ -51,7 +50,7 @@ def _plan(hippo_plans, rate: float, budget_s: float) -> tuple[dict, StubCalibrat
 
 def test_a_generous_budget_keeps_nnunets_plan(hippo_plans):
     plans, cal = _plan(hippo_plans, 1e-10, 3600)
-    assert plans["budget"]["chosen"] == "3d_fullres" == default_configuration(plans)
+    assert plans["budget"]["chosen"] == "3d_fullres" == plans["default_configuration"]
     assert "3d_budget" not in plans["configurations"]
     assert cal.calls  # it measured
 
@@ -67,7 +66,7 @@ def test_a_short_budget_on_a_slow_machine_trades_fidelity_for_iterations(hippo_p
                if c["fidelity"] > chosen["fidelity"])
     cfg = plans["configurations"][b["chosen"]]
     assert cfg["patch_size"] == chosen["patch_size"] and cfg["normalization"] and cfg["resampling"]
-    assert default_configuration(plans) == b["chosen"] and "why" in cfg and "budget" in cfg["why"]
+    assert plans["default_configuration"] == b["chosen"] and "why" in cfg and "budget" in cfg["why"]
 
 
 def test_when_nothing_reaches_the_minimum_the_most_iterations_win(hippo_plans):
@@ -108,8 +107,5 @@ def test_plan_budget_from_the_command_line_records_and_explains(tiny_ws_template
     assert (ws / "tiny" / "preprocessed" / b["chosen"]).is_dir()
 
 
-def test_without_a_budget_the_default_is_3d_fullres_or_2d():
-    assert default_configuration({"configurations": {"3d_fullres": {}, "2d": {}}}) == "3d_fullres"
-    assert default_configuration({"configurations": {"2d": {}}}) == "2d"
-    assert default_configuration({"configurations": {"2d": {}, "2d_budget": {}},
-                                  "default_configuration": "2d_budget"}) == "2d_budget"
+def test_without_a_budget_the_default_is_nnunets_main_configuration(hippo_plans):
+    assert hippo_plans[0]["default_configuration"] == "3d_fullres"  # 2d for 2D data: tests/planning/test_planner.py

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import hippo_ids, make_msd, tree_state
+
 from segpipe.cli import main
 from segpipe.io.jsonio import read_json
 

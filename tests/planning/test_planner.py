@@ -1,5 +1,7 @@
 """End-to-end planning on real data, compared with nnU-Net v2 2.8.1's default planner on the same data
-(reference plans and the commands that made them: tests/fixtures/nnunet_reference/README.md)."""
+(reference plans and the commands that made them: tests/fixtures/nnunet_reference/README.md). The full hippocampus
+and HC18 sets come from ../shared/data (tests marked real_data); the 20-case anisotropic set is built from the
+shipped example cases, which are the same files as the first 20 real ones."""
 from __future__ import annotations
 
 import json
@@ -8,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from conftest import EXAMPLE, FETAL, HIPPO, REPO, hippo_file, hippo_ids, require
 from fixtures.anisotropic import make_anisotropic_cases
-from conftest import FETAL, HIPPO, REPO, require
+
 from segpipe.cli import main
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.io.jsonio import read_json
@@ -42,6 +44,7 @@ def _assert_same_as_nnunet(ours: dict, ref: dict) -> None:
     assert ours["network"]["features_per_stage"] == arch["features_per_stage"]
 
 
+@pytest.mark.real_data("hippocampus_mri")
 def test_hippocampus_260_cases_match_nnunet(tmp_path: Path):
     plans = _chain(require(HIPPO), tmp_path / "ws", "hippo", *LABELS, "--allow-external-links")
     ref = _nnunet("hippocampus")
@@ -56,7 +59,7 @@ def test_hippocampus_260_cases_match_nnunet(tmp_path: Path):
 
 def test_anisotropic_cases_get_10th_percentile_and_kernel_1(tmp_path: Path):
     src = tmp_path / "aniso"
-    make_anisotropic_cases(require(HIPPO), src)
+    make_anisotropic_cases(EXAMPLE, src)  # the first 20 cases, as for the nnU-Net reference
     plans = _chain(src, tmp_path / "ws", "aniso", *LABELS)
     full = plans["configurations"]["3d_fullres"]
     fp = read_json(Workspace(tmp_path / "ws", "aniso").fingerprint_json, kind="fingerprint")
@@ -69,12 +72,13 @@ def test_anisotropic_cases_get_10th_percentile_and_kernel_1(tmp_path: Path):
     _assert_same_as_nnunet(plans["configurations"]["2d"], ref["2d"])
 
 
+@pytest.mark.real_data("fetal_head_us_2d")
 def test_fetal_head_pngs_get_a_2d_configuration(tmp_path: Path, capsys):
     require(FETAL)
     plans = _chain(FETAL, tmp_path / "ws", "hc18", "--image-glob", "images/*.png", "--label-glob",
                    "masks_filled_derived/*_Mask.png", "--spacing-csv",
                    str(FETAL / "training_set_pixel_size_and_HC.csv"), "--labels", "background=0", "head=1")
-    assert list(plans["configurations"]) == ["2d"]
+    assert list(plans["configurations"]) == ["2d"] and plans["default_configuration"] == "2d"
     cfg = plans["configurations"]["2d"]
     fp = read_json(Workspace(tmp_path / "ws", "hc18").fingerprint_json, kind="fingerprint")
     assert fp["ndim"] == 2 and fp["n_cases"] == 97
@@ -123,9 +127,9 @@ def test_overrides_are_applied_and_explained(tmp_path: Path, capsys):
     src = tmp_path / "T"
     (src / "imagesTr").mkdir(parents=True)
     (src / "labelsTr").mkdir()
-    for p in sorted((HIPPO / "imagesTr").iterdir())[:6]:
-        shutil.copy(p, src / "imagesTr" / p.name)
-        shutil.copy(HIPPO / "labelsTr" / p.name, src / "labelsTr" / p.name)
+    for cid in hippo_ids(6):
+        shutil.copy(hippo_file(cid), src / "imagesTr" / f"{cid}.nii.gz")
+        shutil.copy(hippo_file(cid, "labelsTr"), src / "labelsTr" / f"{cid}.nii.gz")
     plans = _chain(src, tmp_path / "ws", "o", *LABELS, plan_args=("--patch-size", "32", "48", "32",
                                                                  "--batch-size", "3", "--spacing", "1.5", "1", "1"))
     full = plans["configurations"]["3d_fullres"]

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.plans import make_configuration
 
 from segpipe.cli import main
 from segpipe.errors import SegpipeError
 from segpipe.io.images import Geometry, write_image
+from segpipe.planning.plans import Configuration
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.preprocessing.memory_check import MAX_VOXELS, check_resampled_size
 
@@ -19,9 +21,8 @@ RESAMPLING = {"image_order": 3, "label_order": 1, "label_mode": "one-hot", "anis
               "coarse_axis_order": 0}
 
 
-def _config(spacing) -> dict:
-    return {"spacing": list(spacing), "normalization": [{"channel": "MRI", "scheme": "zscore", "use_mask": False}],
-            "resampling": dict(RESAMPLING)}
+def _config(spacing) -> Configuration:
+    return make_configuration(spacing, resampling=RESAMPLING)
 
 
 def _case(shape=(8, 12, 10), seed=0):
@@ -38,7 +39,7 @@ def test_case_that_would_explode_is_refused_fast(with_label: bool):
     geo = Geometry((8, 12, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
     t0 = time.monotonic()
     with pytest.raises(SegpipeError) as e:
-        preprocess_case(img[None], lab if with_label else None, geo, _config([1e-4] * 3), "3d_fullres",
+        preprocess_case(img[None], lab if with_label else None, geo, _config([1e-4] * 3),
                         case_id="odd_case", file="/data/odd_case.nii.gz")
     assert time.monotonic() - t0 < 5  # refused before allocating ~1e15 voxels
     msg = e.value.format()
@@ -51,7 +52,7 @@ def test_case_that_would_explode_is_refused_fast(with_label: bool):
 def test_tiny_header_spacing_that_shrinks_is_not_refused():
     img, lab = _case()
     geo = Geometry((8, 12, 10), (1e-4, 1e-4, 1e-4), (0.0, 0.0, 0.0), IDENTITY)
-    data, seg, props = preprocess_case(img[None], lab, geo, _config([1.0] * 3), "3d_fullres", case_id="c")
+    data, seg, props = preprocess_case(img[None], lab, geo, _config([1.0] * 3), case_id="c")
     assert data.shape == (1, 1, 1, 1) and props["spacing"] == [1e-4] * 3
 
 

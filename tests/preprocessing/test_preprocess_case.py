@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import hippo_file, make_hc18_like
+from fixtures.plans import make_configuration
 
-from conftest import FETAL, HIPPO, require
 from segpipe.io.images import Geometry, read_image
+from segpipe.planning.plans import Configuration
 from segpipe.preprocessing.case import DUMMY_2D_SPACING, preprocess_case, sample_class_locations
 from segpipe.preprocessing.cropping import bbox_of, nonzero_mask
 from segpipe.preprocessing.resampling import new_shape
@@ -16,14 +18,14 @@ RESAMPLING = {"image_order": 3, "label_order": 1, "label_mode": "one-hot", "anis
 IDENTITY = np.eye(3).ravel().tolist()
 
 
-def _config(spacing, use_mask=False, scheme="zscore") -> dict:
-    return {"spacing": list(spacing), "normalization": [{"channel": "MRI", "scheme": scheme, "use_mask": use_mask}],
-            "resampling": dict(RESAMPLING)}
+def _config(spacing, use_mask=False, scheme="zscore", name=None) -> Configuration:
+    return make_configuration(spacing, [{"channel": "MRI", "scheme": scheme, "use_mask": use_mask}], name=name,
+                              resampling=RESAMPLING)
 
 
 def _hippo(case="hippocampus_001"):
-    img, geo = read_image(require(HIPPO / "imagesTr" / f"{case}.nii.gz"))
-    lab, _ = read_image(HIPPO / "labelsTr" / f"{case}.nii.gz")
+    img, geo = read_image(hippo_file(case))
+    lab, _ = read_image(hippo_file(case, "labelsTr"))
     return img[None].astype(np.float32), np.rint(lab).astype(np.int16), geo
 
 
@@ -41,7 +43,7 @@ def _check_locations(seg: np.ndarray, locations: dict, n_max: int = 10_000):
 def test_real_hippocampus_case_resampled_to_new_spacing():
     data, label, geo = _hippo()
     target = [1.5, 0.8, 1.2]
-    out, seg, props = preprocess_case(data, label, geo, _config(target), "3d_fullres", seed=3, case_id="h1")
+    out, seg, props = preprocess_case(data, label, geo, _config(target), seed=3, case_id="h1")
     box = bbox_of(nonzero_mask(data))
     after_crop = [b - a for a, b in box]
     expected = new_shape(after_crop, geo.spacing, target)
@@ -66,13 +68,13 @@ def test_real_hippocampus_case_resampled_to_new_spacing():
 def test_same_spacing_keeps_the_label_exactly_and_is_deterministic():
     data, label, geo = _hippo("hippocampus_003")
     cfg = _config(geo.spacing)
-    out, seg, props = preprocess_case(data, label, geo, cfg, "3d_fullres", seed=7)
+    out, seg, props = preprocess_case(data, label, geo, cfg, seed=7)
     assert "case" not in props
     box = props["crop_bbox"]
     cropped = label[tuple(slice(a, b) for a, b in box)]
     kept = seg[0] != -1
     assert np.array_equal(seg[0][kept], cropped[kept]) and np.all(cropped[~kept] == 0)
-    out2, seg2, props2 = preprocess_case(data, label, geo, cfg, "3d_fullres", seed=7)
+    out2, seg2, props2 = preprocess_case(data, label, geo, cfg, seed=7)
     assert np.array_equal(out, out2) and np.array_equal(seg, seg2) and props == props2
 
 
@@ -88,7 +90,7 @@ def test_outside_mask_background_becomes_minus_one_only_where_label_was_zero():
     label[4, 5, 6] = 2                                                # outside the ball, inside its box
     label[0, 0, 0] = 2                                                # outside the box: cropped away
     geo = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(IDENTITY))
-    out, seg, props = preprocess_case(data, label, geo, _config([1.0, 1.0, 1.0], use_mask=True), "3d_fullres")
+    out, seg, props = preprocess_case(data, label, geo, _config([1.0, 1.0, 1.0], use_mask=True))
     box = props["crop_bbox"]
     assert box == [[3, 22], [4, 23], [5, 24]]
     sl = tuple(slice(a, b) for a, b in box)
@@ -106,19 +108,20 @@ def test_outside_mask_background_becomes_minus_one_only_where_label_was_zero():
 
 def test_prediction_case_without_label():
     data, _, geo = _hippo()
-    out, seg, props = preprocess_case(data, None, geo, _config([2.0, 2.0, 2.0]), "3d_lowres")
+    out, seg, props = preprocess_case(data, None, geo, _config([2.0, 2.0, 2.0], name="3d_lowres"))
     assert seg is None and props["class_locations"] == {} and out.ndim == 4
 
 
-def test_2d_fetal_case_becomes_a_single_slice_3d_case():
-    img, geo = read_image(require(FETAL / "images" / "000_HC.png"))
-    mask, _ = read_image(FETAL / "masks_filled_derived" / "000_HC_Mask.png")
+def test_2d_fetal_case_becomes_a_single_slice_3d_case(tmp_path):
+    hc18 = make_hc18_like(tmp_path / "hc18", ["000_HC"])  # a 540x800 frame, RGB 0/255 head mask
+    img, geo = read_image(hc18.image_files["000_HC"][0])
+    mask, _ = read_image(hc18.label_files["000_HC"])
     mask = mask[0] if mask.ndim == 3 else mask
     label = (mask > 127).astype(np.int16)
     geo = geo.with_spacing((0.0691358041432, 0.0691358041432))
-    cfg = {"spacing": [0.1, 0.1], "normalization": [{"channel": "US", "scheme": "zscore", "use_mask": False}],
-           "resampling": dict(RESAMPLING)}
-    out, seg, props = preprocess_case(img[None].astype(np.float32), label, geo, cfg, "2d", seed=1)
+    cfg = make_configuration([0.1, 0.1], [{"channel": "US", "scheme": "zscore", "use_mask": False}],
+                             resampling=RESAMPLING)
+    out, seg, props = preprocess_case(img[None].astype(np.float32), label, geo, cfg, seed=1)
     assert props["ndim"] == 2 and props["spacing"][0] == DUMMY_2D_SPACING
     assert props["target_spacing"] == [DUMMY_2D_SPACING, 0.1, 0.1]
     Y, X = new_shape(props["shape_after_crop"][1:], geo.spacing, [0.1, 0.1])
@@ -132,7 +135,7 @@ def test_2d_fetal_case_becomes_a_single_slice_3d_case():
 
 def test_2d_config_on_3d_data_leaves_z_untouched():
     data, label, geo = _hippo()
-    out, seg, props = preprocess_case(data, label, geo, _config([0.5, 0.5]), "2d")
+    out, seg, props = preprocess_case(data, label, geo, _config([0.5, 0.5]))
     assert props["target_spacing"] == [geo.spacing[0], 0.5, 0.5]
     assert out.shape[1] == props["shape_after_crop"][0]
     assert out.shape[2:] == tuple(2 * s for s in props["shape_after_crop"][1:])

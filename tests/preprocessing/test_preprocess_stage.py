@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, hippo_ids, make_msd
+
 from segpipe.cli import main
 from segpipe.errors import SegpipeError
 from segpipe.io.atomic import TMP_PREFIX
@@ -185,6 +185,7 @@ def test_cases_made_with_another_plan_are_redone_and_refused_by_train(tiny_ws_te
     import re as _re
 
     from conftest import copy_ws
+
     from segpipe.preprocessing.store import case_plan_hash
 
     ws = copy_ws(tiny_ws_template, tmp_path / "ws")

@@ -17,7 +17,10 @@ def test_image_shapes_follow_new_shape_or_explicit_shape():
     out = resample_image(data, [1.0, 1.0, 1.0], [0.7, 1.3, 2.0])
     assert out.shape == (2, *new_shape([9, 10, 11], [1, 1, 1], [0.7, 1.3, 2.0])) and out.dtype == np.float32
     assert resample_image(data, [1, 1, 1], [0.7, 1.3, 2.0], shape=[5, 6, 7]).shape == (2, 5, 6, 7)
-    assert resample_image(data, [1, 1, 1], [1, 1, 1]) is not None
+    same = resample_image(data, [1, 1, 1], [1, 1, 1])  # same spacing: the data unchanged
+    assert same.shape == data.shape and same.dtype == np.float32 and np.array_equal(same, data)
+    as_int = resample_image(data.astype(np.int16), [1, 1, 1], [1, 1, 1])
+    assert as_int.dtype == np.float32 and np.array_equal(as_int, data.astype(np.int16))
 
 
 def _smooth(shape, spacing):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import hippo_file, hippo_ids
 
-from conftest import HIPPO, hippo_ids
 from segpipe.cli import main
 from segpipe.io.images import Geometry, read_image, write_image
 
@@ -65,12 +65,13 @@ def test_write_image_on_a_full_disk_raises_and_keeps_the_good_file(tmp_path: Pat
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_predict_on_a_full_disk_fails_loudly_and_loses_nothing(tiny_one_fold: Path, tmp_path: Path, workers: str, capsys):
+def test_predict_on_a_full_disk_fails_loudly_and_loses_nothing(tiny_one_fold: Path, tmp_path: Path, workers: str,
+                                                               capsys):
     img = tmp_path / "images"
     img.mkdir()
     ids = hippo_ids(10)[6:10]
     for cid in ids:
-        shutil.copy(HIPPO / "imagesTr" / f"{cid}.nii.gz", img / f"{cid}_0000.nii.gz")
+        shutil.copy(hippo_file(cid), img / f"{cid}_0000.nii.gz")
     with small_filesystem(tmp_path / "fs", "256k") as fs:
         out = fs / "pred"
         argv = ["predict", "-w", str(tiny_one_fold), "--input", str(img), "--output", str(out), "--workers", workers,

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import hippo_ids, make_msd, tree_state
+from conftest import hippo_ids, make_msd, make_synthetic_dataset, tree_state
+
 from segpipe.cli import main
 
 # the copy is slowed down (50 ms a file) so that the kill lands while the new copy is being built
@@ -26,7 +27,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_kill_during_copy_force_keeps_the_old_raw_and_a_rerun_completes(tmp_path: Path, capsys):
-    src = make_msd(tmp_path / "src", hippo_ids(30))
+    src = make_synthetic_dataset(tmp_path / "src", "msd", n_cases=30, shape=(8, 12, 10)).root  # 60 files to copy
     ws = tmp_path / "ws"
     argv = ["onboard", str(src), "--name", "d", "--workspace", str(ws), "--copy", "--workers", "1"]
     assert main(argv) == 0

@@ -38,5 +38,6 @@ def test_batches_do_not_depend_on_the_number_of_workers(reference, workers: int)
 def test_a_resumed_stream_continues_with_the_same_batches(reference):
     folder, ref = reference
     got = _batches(folder, 2, start=3, n=3)
+    assert len(got) == len(ref[3:]) == 3
     for a, b in zip(ref[3:], got):
         assert np.array_equal(a["data"], b["data"]) and np.array_equal(a["seg"], b["seg"])

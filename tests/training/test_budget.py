@@ -7,12 +7,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_ws
+
 from segpipe.cli import main
 from segpipe.errors import SegpipeError
-from segpipe.training.budget import (FINAL_VALIDATION_SHARE_MAX, RESERVE_SAFETY, FinalValidationCost, count_windows,
-                                     plan_budget)
+from segpipe.training.budget import (
+    FINAL_VALIDATION_SHARE_MAX,
+    RESERVE_SAFETY,
+    FinalValidationCost,
+    count_windows,
+    plan_budget,
+)
 
 
 def _cost(seconds_per_window: float, windows: int = 100, dims: int = 3) -> FinalValidationCost:

@@ -15,7 +15,9 @@ def test_folds_partition_cases_and_are_seeded():
 def test_groups_stay_together():
     ids = [f"{s:03d}_{k}HC" for s in range(12) for k in range(3)]
     groups = {c: c.split("_")[0] for c in ids}
-    for f in make_splits(ids, 5, groups=groups):
+    folds = make_splits(ids, 5, groups=groups)
+    assert len(folds) == 5 and sorted(c for f in folds for c in f["val"]) == sorted(ids)
+    for f in folds:
         assert {groups[c] for c in f["val"]}.isdisjoint({groups[c] for c in f["train"]})
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from conftest import copy_ws
+
 from segpipe.io.jsonio import read_json
 from segpipe.training.checkpoint import load_checkpoint
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import copy_ws
+
 from segpipe.cli import main
 from segpipe.errors import SegpipeError
 from segpipe.io.images import read_image
 from segpipe.io.jsonio import read_json
+from segpipe.planning.plans import NetworkPlan
 from segpipe.training.checkpoint import check_compatible, load_checkpoint
 
 ARGS = ["--config", "3d_fullres", "--fold", "0", "--epochs", "4", "--iterations-per-epoch", "3",
@@ -99,7 +100,7 @@ def test_checkpoint_from_another_plan_is_refused(tiny_ws_template: Path, tmp_pat
     assert main(["train", "-w", str(ws), *few, "--no-validation"]) == 0
     ckpt = ws / "tiny" / "results" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
     state = load_checkpoint(ckpt)
-    other = dict(state["network_plan"], features_per_stage=[8, 16, 32])
+    other = NetworkPlan.from_json(dict(state["network_plan"], features_per_stage=[8, 16, 32]))
     with pytest.raises(SegpipeError, match="different network"):
         check_compatible(state, other, ckpt)
     ckpt.write_bytes(b"garbage")

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from segpipe.networks import build_network
-from segpipe.training.loss import (DeepSupervisionLoss, DiceCELoss, deep_supervision_weights,
-                                   downsample_targets, masked_cross_entropy, soft_dice_loss)
+from segpipe.training.loss import (
+    DeepSupervisionLoss,
+    DiceCELoss,
+    deep_supervision_weights,
+    downsample_targets,
+    masked_cross_entropy,
+    soft_dice_loss,
+)
 
 STRIDES_3D = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
 

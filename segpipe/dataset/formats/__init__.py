@@ -5,8 +5,8 @@ They are looked up by name in :data:`FORMATS`; ``auto`` picks one by looking at 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from segpipe.dataset.formats.common import OnboardOptions
 from segpipe.dataset.formats.flat import discover_flat

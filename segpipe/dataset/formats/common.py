@@ -89,7 +89,8 @@ def read_spacing_csv(path: Path) -> dict[str, float]:
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
     except OSError as e:
-        raise fail(f"cannot read spacing CSV ({e.strerror})", "check the path given to --spacing-csv", file=path)
+        raise fail(f"cannot read spacing CSV ({e.strerror})", "check the path given to --spacing-csv",
+                   file=path) from e
     if len(rows) < 2:
         raise fail("spacing CSV has no rows", "give a CSV with a header and one row per image", file=path)
     header = [h.strip().lower() for h in rows[0]]
@@ -105,8 +106,9 @@ def read_spacing_csv(path: Path) -> dict[str, float]:
             continue
         try:
             out[Path(r[name_col].strip()).name] = float(r[sp_col])
-        except ValueError:
-            raise fail(f"spacing '{r[sp_col]}' for {r[name_col]} is not a number", "fix the CSV", file=path)
+        except ValueError as e:
+            raise fail(f"spacing '{r[sp_col]}' for {r[name_col]} is not a number", "fix the CSV",
+                       file=path) from e
     return out
 
 

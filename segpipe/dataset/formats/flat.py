@@ -53,12 +53,13 @@ def discover_flat(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, l
                                 severity="warning"))
     cases = []
     for cid in ids:
-        files = [ch.get(cid) for ch in per_channel]
-        missing = [g for g, f in zip(options.image_globs, files) if f is None]
+        found = [ch.get(cid) for ch in per_channel]
+        missing = [g for g, f in zip(options.image_globs, found) if f is None]
         if missing:
             problems.append(Problem(f"no channel file for pattern(s) {missing}", "add the files or fix the patterns",
                                     str(source), cid))
             continue
+        files = [f for f in found if f is not None]
         spacing = None
         if is_2d:
             s = options.pixel_spacing or 1.0
@@ -70,7 +71,7 @@ def discover_flat(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, l
                     continue
                 s = spacing_by_name[name]
             spacing = [s, s]
-        cases.append(CaseEntry(cid, [f for f in files if f is not None], labels_by_id.get(cid), spacing))
+        cases.append(CaseEntry(cid, files, labels_by_id.get(cid), spacing))
     for lid in sorted(set(labels_by_id) - set(ids)):
         problems.append(Problem("label file without an image", "add the image or fix the patterns",
                                 labels_by_id[lid], lid))

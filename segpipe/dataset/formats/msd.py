@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segpipe.dataset.formats.common import (OnboardOptions, channel_key_problems, channels_from, load_user_json,
-                                            strip_ending, visible_files)
+from segpipe.dataset.formats.common import (
+    OnboardOptions,
+    channel_key_problems,
+    channels_from,
+    load_user_json,
+    strip_ending,
+    visible_files,
+)
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.errors import Problem
 from segpipe.io.images import file_ending
@@ -52,17 +58,17 @@ def discover_msd(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, li
             lab = _rel(entry["label"]) if isinstance(entry.get("label"), str) else None
             cases.append(CaseEntry(strip_ending(Path(img).name), [img], lab))
     else:
-        for img in visible_files(source / "imagesTr"):
-            if not file_ending(img.name):
+        for img_file in visible_files(source / "imagesTr"):
+            if not file_ending(img_file.name):
                 continue
-            lab = source / "labelsTr" / img.name
-            cases.append(CaseEntry(strip_ending(img.name), [f"imagesTr/{img.name}"],
-                                   f"labelsTr/{img.name}" if lab.exists() else None))
+            lab_file = source / "labelsTr" / img_file.name
+            cases.append(CaseEntry(strip_ending(img_file.name), [f"imagesTr/{img_file.name}"],
+                                   f"labelsTr/{img_file.name}" if lab_file.exists() else None))
         image_ids = {c.id for c in cases}
-        for lab in visible_files(source / "labelsTr"):
-            if file_ending(lab.name) and strip_ending(lab.name) not in image_ids:
+        for lab_file in visible_files(source / "labelsTr"):
+            if file_ending(lab_file.name) and strip_ending(lab_file.name) not in image_ids:
                 problems.append(Problem("label file without an image", "add the image to imagesTr or remove the "
-                                        "label", str(lab), strip_ending(lab.name)))
+                                        "label", str(lab_file), strip_ending(lab_file.name)))
     channels = channels_from(options, declared_channels)
     ending = file_ending(cases[0].images[0]) if cases else ".nii.gz"
     spec = DatasetSpec(name=options.name, source=str(source), format="msd", channels=channels, labels=labels,

@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from segpipe.dataset.formats.common import (OnboardOptions, channel_key_problems, channels_from, load_user_json,
-                                            visible_files)
+from segpipe.dataset.formats.common import (
+    OnboardOptions,
+    channel_key_problems,
+    channels_from,
+    load_user_json,
+    visible_files,
+)
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.errors import Problem, fail
 from segpipe.io.images import IMAGE_ENDINGS
