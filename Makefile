@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-scale install clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(VENV)/.installed
 # side-by-side benchmark against nnU-Net v2 (about an hour on 2 CPU cores); options: make bench BENCH_ARGS="--help"
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_benchmark.py $(BENCH_ARGS)
+
+# scale benchmark against nnU-Net v2 on the head-and-neck CT set, N = 5, 10, 20 cases (under an hour on 2 CPU cores;
+# BENCH_ARGS=--quick: a few minutes); options: make bench-scale BENCH_ARGS="--help"
+bench-scale: $(VENV)/.installed
+	$(PY) benchmarks/scale_benchmark.py $(BENCH_ARGS)
 
 # quality gates first (lint + import order, types: about 30 s), then the suite
 test: $(VENV)/.installed

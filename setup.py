@@ -33,6 +33,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.6",
         "pillow>=9.0",  # PNG modes SimpleITK cannot read (grey+alpha), multi-page TIFF detection
+        "blosc2>=2.5",  # preprocessed cases: compressed arrays read patch by patch (preprocessing/store.py)
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.6", "mypy>=1.10"]},
     entry_points={"console_scripts": ["segpipe=segpipe.cli:main"]},

@@ -30,6 +30,7 @@ SP_NAME = "hippocampus"
 LABELS = ["background=0", "anterior=1", "posterior=2"]
 CLASSES = ["anterior", "posterior"]
 PAGE = os.sysconf("SC_PAGE_SIZE")
+DOCS_KEEP = "<!-- run_benchmark.py rewrites the page above this line and keeps everything from here on -->"
 T_START = time.monotonic()
 
 
@@ -445,7 +446,9 @@ def main() -> None:
     (a.results / "results.md").write_text(md)
     if str(a.docs) not in ("", "."):
         a.docs.parent.mkdir(parents=True, exist_ok=True)
-        a.docs.write_text(md)
+        old = a.docs.read_text() if a.docs.is_file() else ""
+        keep = old.find(DOCS_KEEP)  # sections written by others (the scale benchmark, peak_conv.py) stay
+        a.docs.write_text(md.rstrip() + "\n\n" + old[keep:] if keep >= 0 else md)
     print()
     print(table)
     say(f"done in {res['total_wall_s'] / 60:.1f} min; wrote {a.results / 'results.md'}, "

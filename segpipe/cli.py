@@ -106,9 +106,10 @@ def cmd_preprocess(a: argparse.Namespace) -> int:
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
-    config = a.config or load_plans(ws).default_configuration
+    plans = load_plans(ws)
+    config = a.config or plans.default_configuration
     n, skipped = run_preprocess(ws, config, workers=a.workers, force=a.force)
-    folder = ws.preprocessed(config)
+    folder = ws.preprocessed(plans.configuration(config).data_identifier)
     state = "unchanged, skipped" if skipped else f"{n} case(s) written"
     print(f"{folder}: {state}; {len(list_cases(folder))} cases complete ({config})")
     return 0

@@ -82,6 +82,11 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
     all_folds = fold_names(ws)
     fold_list = [str(f) for f in folds] if folds is not None else all_folds
     for config in configs:
+        previous = plans.configuration(config).previous_stage
+        if previous is not None and not set(fold_list) >= set(all_folds):
+            log.info("%s skipped: a cascade stage trains on %s's predictions of every fold; %s trained", config,
+                     previous, fold_list)
+            continue
         run_preprocess(ws, config, workers=workers)
         for fold in fold_list:
             res = run_train(ws, config, fold, settings)

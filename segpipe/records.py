@@ -157,7 +157,7 @@ def fold_origin(ws: Workspace, config: Configuration) -> dict:
     """What a fold of ``config`` trained now would be trained with: plan entry and preprocessing."""
     config_name = config.name
     return {"config": config_name, "plan_hash": config_hash(config.to_json()),
-            "preprocess_hash": record_hash(ws, f"preprocess_{config_name}")}
+            "preprocess_hash": record_hash(ws, f"preprocess_{config.data_identifier}")}
 
 
 def read_fold_origin(fold_dir: Path) -> dict | None:

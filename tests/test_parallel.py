@@ -89,7 +89,8 @@ def test_preprocess_reports_a_damaged_case_from_a_worker_and_finishes_the_others
     err = capsys.readouterr().err
     assert f"case '{ids[2]}'" in err and str(bad) in err and "truncated" in err and "fix:" in err
     assert "1 of 4 case(s) failed" in err and "Traceback" not in err and "BrokenProcessPool" not in err
-    done = sorted(p.stem for p in (ws / "d" / "preprocessed" / "3d_fullres").glob("*.npz"))
+    done = sorted(p.name.removesuffix("_data.b2nd") for p in (ws / "d" / "preprocessed" / "3d_fullres").glob("*.b2nd")
+                  if p.name.endswith("_data.b2nd"))
     assert done == sorted(set(ids) - {ids[2]})
     shutil.copy(hippo_file(ids[2]), bad)
     assert main(["preprocess", "-w", str(ws), "--workers", workers]) == 0

@@ -34,7 +34,7 @@ def test_records_hold_no_absolute_workspace_paths(trained: Path):
     text = _records_text(trained)
     assert str(trained) not in text
     rec = read_json(trained / "tiny" / "records" / "preprocess_3d_fullres.json", kind="stage_record")
-    assert "plans.json" in rec["inputs"] and any(k.startswith("raw/") for k in rec["inputs"])
+    assert "dataset.json" in rec["inputs"] and any(k.startswith("raw/") for k in rec["inputs"])
     train = read_json(trained / "tiny" / "records" / "train_3d_fullres_fold_0.json", kind="stage_record")
     assert set(train["outputs"]) == {"results/3d_fullres/fold_0/checkpoint_final.pt",
                                      "results/3d_fullres/fold_0/validation/summary.json"}
@@ -87,10 +87,9 @@ def test_fold_trained_with_another_plan_is_refused_until_forced(trained: Path, t
     _set_batch(ws, 3)
     ckpt = content_hash(fold / "checkpoint_final.pt")
     capsys.readouterr()
-    assert main(["train", "-w", str(ws), *TRAIN, "--fold", "0"]) == 2  # preprocessed with the old plan
-    assert "made with another plan" in capsys.readouterr().err
+    # the batch size does not change the preprocessed data (only spacing, normalization and resampling do)
     assert main(["preprocess", "-w", str(ws), "--workers", "1"]) == 0
-    capsys.readouterr()
+    assert "unchanged, skipped" in capsys.readouterr().out
     assert main(["train", "-w", str(ws), *TRAIN, "--fold", "0"]) == 2
     err = capsys.readouterr().err
     assert "this fold was trained with another plan" in err and "--force" in err and TRAIN_ORIGIN in err

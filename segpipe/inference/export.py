@@ -1,57 +1,42 @@
 """Export of predicted probabilities into the raw image's geometry.
 
-Preprocessing cropped a case to its nonzero bounding box and resampled it to the target spacing; export
-undoes both: probabilities are resampled back to the cropped shape (linear interpolation, the coarse axis of
-anisotropic cases with nearest neighbour, as in preprocessing), renormalised, and placed into an array of
-the raw shape whose outside is background. The label map is their argmax, written with the raw geometry.
+Preprocessing cropped a case to its nonzero bounding box and resampled it to the target spacing; export undoes
+both: probabilities are resampled back to the cropped shape (linear interpolation; the coarse axis of anisotropic
+cases with nearest neighbour, as in preprocessing) and placed into the raw shape, whose outside is background.
+The label map is their argmax, written with the raw geometry.
 
-Every label map segpipe writes (final validation, ``segpipe predict``) is written by :func:`write_prediction`.
+Memory stays bounded (issue 12): :func:`export_prediction` resamples one class and a slab of slices at a time in
+torch (:mod:`segpipe.inference.resample_torch`), keeps a running maximum and argmax over the classes (one float32
+and one uint8 volume of the cropped shape), and streams saved probabilities (float16, ``(classes, *raw shape)``,
+e.g. ``(c, z, y, x)``) into a compressed ``.npz`` as they are made. No array of all classes at the raw shape is
+ever made. Probabilities are not renormalised after resampling: linear interpolation and nearest neighbour are
+convex combinations, so the sum over classes stays 1 (to float32 rounding).
+
+Every label map segpipe writes (final validation, ``segpipe predict``) is written by :func:`export_prediction`
+(probabilities at the configuration's spacing) or :func:`write_prediction` (probabilities already in the raw
+geometry); both write through the same code.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from segpipe.io.atomic import atomic_save_npz
-from segpipe.io.images import Geometry, file_ending, write_image
-from segpipe.preprocessing.resampling import resample_image
+from segpipe.inference.resample_torch import SlabResampler, probability_orders
+from segpipe.io.atomic import atomic_path, verify_zip
+from segpipe.io.images import Geometry, GeometryDict, file_ending, write_image
 
+SLAB_BYTES = 32 << 20          # float32 bytes of one class' slab of output slices resampled at a time
+PROBABILITIES_KEY = "probabilities"
+PROBABILITIES_DTYPE = np.float16
+NPZ_COMPRESSLEVEL = 1          # zlib level of saved probabilities (numpy's savez_compressed uses 6: 2-3x slower)
 
-def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict) -> np.ndarray:
-    """Probabilities ``(n_classes, Z, Y, X)`` at the target spacing -> ``(n_classes, *raw_shape)`` float32.
-
-    ``props`` is the preprocessing record of the case (crop box, shapes, spacings, raw geometry). For 2D
-    data (``props['ndim'] == 2``) the singleton Z axis is removed.
-    """
-    if isinstance(probs, torch.Tensor):
-        probs = probs.detach().cpu().numpy()
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim != 4:
-        raise ValueError(f"probabilities must be (n_classes, Z, Y, X), got shape {probs.shape}")
-    expected = [int(s) for s in props["shape_after_resampling"]]
-    if list(probs.shape[1:]) != expected:
-        raise ValueError(f"probabilities of spatial shape {list(probs.shape[1:])} do not match "
-                         f"shape_after_resampling {expected} of case {props.get('case')}")
-    crop_shape = [int(s) for s in props["shape_after_crop"]]
-    out = resample_image(probs, props["target_spacing"], props["spacing"], shape=crop_shape, order=1)
-    total = out.sum(axis=0, keepdims=True)
-    np.maximum(total, np.float32(1e-8), out=total)
-    out /= total
-
-    full_shape = tuple(int(s) for s in props["shape_before_crop"])
-    full = np.zeros((probs.shape[0],) + full_shape, dtype=np.float32)
-    full[0] = 1.0
-    box = tuple(slice(int(a), int(b)) for a, b in props["crop_bbox"])
-    full[(slice(None),) + box] = out
-    if int(props.get("ndim", 3)) == 2:
-        full = full[:, 0]
-    raw_shape = tuple(int(s) for s in props["geometry"]["shape"])
-    if tuple(full.shape[1:]) != raw_shape:
-        raise ValueError(f"exported shape {full.shape[1:]} differs from the raw image's {raw_shape} "
-                         f"(case {props.get('case')})")
-    return full
+Parts = Sequence[tuple[torch.Tensor | np.ndarray, dict]]  # (probabilities (c, Z, Y, X), props) per configuration
 
 
 def probabilities_path(out_path: str | Path) -> Path:
@@ -62,38 +47,254 @@ def probabilities_path(out_path: str | Path) -> Path:
     return out_path.with_name(name + ".npz")
 
 
+def _label_dtype(n_classes: int) -> type[np.unsignedinteger]:
+    return np.uint8 if n_classes <= 256 else np.uint16
+
+
+def _slab_rows(plane_voxels: int) -> int:
+    """Slices per slab: ``SLAB_BYTES`` of float32 planes of ``plane_voxels``, at least one."""
+    return max(1, int(SLAB_BYTES) // max(1, 4 * int(plane_voxels)))
+
+
 def label_map(probs: np.ndarray) -> np.ndarray:
     """The label map (argmax over classes; uint8, uint16 beyond 256 classes) of probabilities
-    ``(n_classes, *spatial)``: ``(*spatial)``, e.g. ``(z, y, x)``."""
-    return np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+    ``(n_classes, *spatial)``: ``(*spatial)``, e.g. ``(z, y, x)``. Made slab by slab along the first spatial axis
+    (no int64 array of the whole image)."""
+    probs = np.asarray(probs)
+    out = np.empty(probs.shape[1:], dtype=_label_dtype(probs.shape[0]))
+    if out.ndim == 0 or out.size == 0:
+        out[...] = np.argmax(probs, axis=0)
+        return out
+    rows = _slab_rows(int(np.prod(probs.shape[2:], dtype=np.int64)) * probs.shape[0])
+    for s in range(0, out.shape[0], rows):
+        out[s:s + rows] = np.argmax(probs[:, s:s + rows], axis=0)
+    return out
 
 
-def write_prediction(probs: np.ndarray, geometry: Geometry | dict, out_path: str | Path,
-                     save_probabilities: bool = False, postprocess: dict | None = None,
-                     labels: dict[str, int] | None = None) -> np.ndarray:
-    """Write the label map of probabilities already in the raw geometry (``(n_classes, *raw_shape)``, e.g.
-    ``(n_classes, z, y, x)``) to ``out_path`` (atomically, format by ending, with ``geometry``: spacing in mm,
-    origin, direction), post-processed by a stored ``postprocess`` choice (needs ``labels``) when given, and
-    the probabilities (float16, key ``probabilities``) in ``<out_path without ending>.npz`` when
-    ``save_probabilities``. Returns the label map written. Every label-map export goes through here."""
-    seg = label_map(probs)
+@contextlib.contextmanager
+def _npz_stream(path: Path, shape: Sequence[int], dtype=PROBABILITIES_DTYPE, key: str = PROBABILITIES_KEY,
+                compresslevel: int | None = None) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write one array ``key`` of ``shape`` into a compressed ``.npz`` at ``path`` (atomically) from chunks given
+    in C order: yields ``write(chunk)``. The file is what ``np.savez_compressed(path, key=array)`` would hold
+    (``np.load(path)[key]`` reads it), without the whole array ever being in memory."""
+    dtype = np.dtype(dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    written = 0
+    with atomic_path(path, verify=verify_zip) as tmp:
+        level = NPZ_COMPRESSLEVEL if compresslevel is None else compresslevel
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+            with zf.open(key + ".npy", "w", force_zip64=True) as fh:
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                          "shape": tuple(int(s) for s in shape)}
+                np.lib.format.write_array_header_2_0(fh, header)
+
+                def write(chunk: np.ndarray) -> None:
+                    nonlocal written
+                    chunk = np.ascontiguousarray(chunk, dtype=dtype)
+                    if chunk.size:
+                        fh.write(chunk.reshape(-1).view(np.uint8).data)  # no bytes copy
+                    written += chunk.nbytes
+
+                yield write
+                if written != expected:
+                    raise ValueError(f"{path.name}: {written} bytes of probabilities written, expected {expected}")
+
+
+def save_probabilities_npz(path: str | Path, probs: np.ndarray) -> None:
+    """Save probabilities ``(n_classes, *spatial)`` as float16 (key ``probabilities``) in a compressed ``.npz``,
+    converted slab by slab (no float16 copy of the whole array)."""
+    probs = np.asarray(probs)
+    with _npz_stream(Path(path), probs.shape) as write:
+        if probs.ndim < 2:
+            write(probs)
+            return
+        rows = _slab_rows(int(np.prod(probs.shape[2:], dtype=np.int64)))
+        for c in range(probs.shape[0]):
+            for s in range(0, probs.shape[1], rows):
+                write(probs[c, s:s + rows])
+
+
+def _write_label_map(seg: np.ndarray, geometry: Geometry | GeometryDict | dict, out_path: str | Path,
+                     postprocess: dict | None, labels: dict[str, int] | None) -> np.ndarray:
     if postprocess:
         from segpipe.evaluation.postprocessing import apply_postprocessing
 
         seg = apply_postprocessing(seg, postprocess, labels or {})
     geo = geometry if isinstance(geometry, Geometry) else Geometry.from_dict(geometry)
     write_image(seg, geo, out_path)
-    if save_probabilities:
-        atomic_save_npz(probabilities_path(out_path), probabilities=probs.astype(np.float16))
     return seg
+
+
+def write_prediction(probs: np.ndarray, geometry: Geometry | GeometryDict | dict, out_path: str | Path,
+                     save_probabilities: bool = False, postprocess: dict | None = None,
+                     labels: dict[str, int] | None = None) -> np.ndarray:
+    """Write the label map of probabilities already in the raw geometry (``(n_classes, *raw_shape)``, e.g.
+    ``(n_classes, z, y, x)``) to ``out_path`` (atomically, format by ending, with ``geometry``: spacing in mm,
+    origin, direction), post-processed by a stored ``postprocess`` choice (needs ``labels``) when given, and
+    the probabilities (float16, key ``probabilities``, ``(n_classes, *raw_shape)``) in ``<out_path without
+    ending>.npz`` (compressed) when ``save_probabilities``. Returns the label map written."""
+    seg = _write_label_map(label_map(probs), geometry, out_path, postprocess, labels)
+    if save_probabilities:
+        save_probabilities_npz(probabilities_path(out_path), probs)
+    return seg
+
+
+def _as_tensor(probs: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A CPU tensor of ``probs``, without a copy for CPU tensors and arrays (a read-only memory map included; it
+    is never written). Export runs on the CPU: a GPU tensor is copied over once."""
+    if isinstance(probs, torch.Tensor):
+        return probs.detach().cpu()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(probs))
+
+
+class _Case:
+    """The geometry of one case's export, checked across the parts (configurations) being averaged."""
+
+    def __init__(self, parts: Parts):
+        if not parts:
+            raise ValueError("no probabilities to export")
+        self.parts = [(_as_tensor(p), props) for p, props in parts]
+        props0 = self.parts[0][1]
+        self.case = props0.get("case")
+        self.n_classes = int(self.parts[0][0].shape[0]) if self.parts[0][0].ndim else 0
+        self.full_shape = tuple(int(s) for s in props0["shape_before_crop"])
+        self.crop_shape = tuple(int(s) for s in props0["shape_after_crop"])
+        self.box = tuple((int(a), int(b)) for a, b in props0["crop_bbox"])
+        self.ndim = int(props0.get("ndim", 3))
+        self.raw_shape = tuple(int(s) for s in props0["geometry"]["shape"])
+        self.resamplers = []
+        for probs, props in self.parts:
+            if probs.ndim != 4:
+                raise ValueError(f"probabilities must be (n_classes, Z, Y, X), got shape {tuple(probs.shape)}")
+            expected = [int(s) for s in props["shape_after_resampling"]]
+            if list(probs.shape[1:]) != expected:
+                raise ValueError(f"probabilities of spatial shape {list(probs.shape[1:])} do not match "
+                                 f"shape_after_resampling {expected} of case {props.get('case')}")
+            if int(probs.shape[0]) != self.n_classes:
+                raise ValueError(f"probabilities of {probs.shape[0]} and {self.n_classes} classes cannot be averaged")
+            if (tuple(int(s) for s in props["shape_after_crop"]) != self.crop_shape
+                    or tuple(int(s) for s in props["shape_before_crop"]) != self.full_shape
+                    or tuple((int(a), int(b)) for a, b in props["crop_bbox"]) != self.box):
+                raise ValueError(f"the configurations' preprocessing records of case {self.case} disagree on the "
+                                 "crop")
+            orders = probability_orders(props["target_spacing"], props["spacing"])
+            self.resamplers.append(SlabResampler(probs.shape[1:], self.crop_shape, orders))
+        out_shape = self.full_shape[1:] if self.ndim == 2 else self.full_shape
+        if out_shape != self.raw_shape:
+            raise ValueError(f"exported shape {out_shape} differs from the raw image's {self.raw_shape} "
+                             f"(case {self.case})")
+        self.rows = _slab_rows(self.crop_shape[1] * self.crop_shape[2])
+
+    def class_slabs(self, c: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Class ``c`` resampled to the cropped shape, averaged over the parts: ``(start, stop, slab)`` per slab
+        of slices along the first axis (float32)."""
+        for s in range(0, self.crop_shape[0], self.rows):
+            e = min(s + self.rows, self.crop_shape[0])
+            p: torch.Tensor | None = None
+            for (probs, _), r in zip(self.parts, self.resamplers):
+                q = r.slab(probs[c], s, e)
+                p = q if p is None else p.add_(q)
+            assert p is not None
+            if len(self.parts) > 1:
+                p.div_(len(self.parts))
+            yield s, e, p
+
+    def background(self, c: int) -> float:
+        """The probability of class ``c`` outside the crop box: background (class 0) for sure."""
+        return 1.0 if c == 0 else 0.0
+
+
+def export_prediction(parts: Parts, out_path: str | Path | None = None,
+                      geometry: Geometry | GeometryDict | dict | None = None, save_probabilities: bool = False,
+                      postprocess: dict | None = None, labels: dict[str, int] | None = None) -> np.ndarray:
+    """The label map (raw shape) of one case from its probabilities at the configurations' spacings.
+
+    ``parts``: ``(probabilities (n_classes, Z, Y, X), props)`` per configuration (one for a single model; an
+    ensemble's are averaged in the raw geometry), ``props`` the case's preprocessing record (crop box, shapes,
+    spacings, raw geometry). The probabilities are resampled back class by class and slab by slab, their argmax
+    kept in a running maximum, and pasted into the raw shape (background outside the crop box). Written to
+    ``out_path`` (atomically, format by ending) with ``geometry`` (default: the record's), post-processed by a
+    stored ``postprocess`` choice (needs ``labels``) when given, and with the probabilities (float16, key
+    ``probabilities``, ``(n_classes, *raw shape)``, compressed) streamed into ``<out_path without ending>.npz``
+    when ``save_probabilities``. Peak memory beyond the inputs: one float32 and one label volume of the cropped
+    shape, and a few slabs."""
+    case = _Case(parts)
+    n = case.n_classes
+    seg_crop = torch.zeros(case.crop_shape, dtype=torch.uint8 if n <= 256 else torch.int32)
+    best = torch.empty(case.crop_shape, dtype=torch.float32)
+    save = save_probabilities and out_path is not None
+    npz_shape = (n,) + case.raw_shape
+    with (_npz_stream(probabilities_path(out_path), npz_shape) if save and out_path is not None
+          else contextlib.nullcontext()) as write:
+        for c in range(n):
+            if write is not None:
+                _write_class_outside(write, case, c, before=True)
+            for s, e, p in case.class_slabs(c):
+                b = best[s:e]
+                if c == 0:
+                    b.copy_(p)
+                else:
+                    seg_crop[s:e].masked_fill_(p > b, c)
+                    torch.maximum(b, p, out=b)
+                if write is not None:
+                    _write_class_slab(write, case, c, p)
+            if write is not None:
+                _write_class_outside(write, case, c, before=False)
+    del best
+    seg = np.zeros(case.full_shape, dtype=_label_dtype(n))
+    seg[tuple(slice(a, b) for a, b in case.box)] = seg_crop.numpy()
+    if case.ndim == 2:
+        seg = seg[0]
+    if out_path is None:
+        return seg
+    return _write_label_map(seg, geometry if geometry is not None else parts[0][1]["geometry"], out_path,
+                            postprocess, labels)
+
+
+def _write_class_outside(write: Callable[[np.ndarray], None], case: _Case, c: int, before: bool) -> None:
+    """Slices of class ``c`` before (or after) the crop box along the first axis: all background."""
+    (z0, z1) = case.box[0]
+    count = z0 if before else case.full_shape[0] - z1
+    plane = case.full_shape[1:]
+    rows = _slab_rows(plane[0] * plane[1])
+    block = np.full((min(rows, count),) + plane, case.background(c), dtype=PROBABILITIES_DTYPE)
+    for s in range(0, count, rows):
+        write(block[:min(rows, count - s)])
+
+
+def _write_class_slab(write: Callable[[np.ndarray], None], case: _Case, c: int, p: torch.Tensor) -> None:
+    """One slab of class ``c`` inside the crop box along the first axis, pasted into full planes."""
+    (_, _), (y0, y1), (x0, x1) = case.box
+    if (y1 - y0, x1 - x0) == case.full_shape[1:]:
+        write(p.numpy())
+        return
+    block = np.full((p.shape[0],) + case.full_shape[1:], case.background(c), dtype=PROBABILITIES_DTYPE)
+    block[:, y0:y1, x0:x1] = p.numpy()
+    write(block)
+
+
+def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict) -> np.ndarray:
+    """Probabilities ``(n_classes, Z, Y, X)`` at the target spacing -> ``(n_classes, *raw_shape)`` float32.
+
+    ``props`` is the preprocessing record of the case (crop box, shapes, spacings, raw geometry). For 2D
+    data (``props['ndim'] == 2``) the singleton Z axis is removed. This makes the whole array (one float32
+    copy of all classes at the raw shape): the prediction path uses :func:`export_prediction` instead."""
+    case = _Case([(probs, props)])
+    full = np.zeros((case.n_classes,) + case.full_shape, dtype=np.float32)
+    full[0] = 1.0
+    (z0, _), (y0, y1), (x0, x1) = case.box
+    for c in range(case.n_classes):
+        for s, e, p in case.class_slabs(c):
+            full[c, z0 + s:z0 + e, y0:y1, x0:x1] = p.numpy()
+    return full[:, 0] if case.ndim == 2 else full
 
 
 def export_label_map(probs: torch.Tensor | np.ndarray, props: dict, out_path: str | Path | None = None,
                      save_probabilities: bool = False) -> np.ndarray:
-    """The label map (argmax, uint8, raw shape) of ``probs`` in the raw geometry; written to ``out_path``
-    (atomically, format by ending) when given, with the probabilities (float16, key ``probabilities``,
-    raw geometry) in ``<out_path without ending>.npz`` when ``save_probabilities``."""
-    full = probabilities_to_original(probs, props)
-    if out_path is None:
-        return label_map(full)
-    return write_prediction(full, props["geometry"], out_path, save_probabilities)
+    """The label map (argmax, uint8, raw shape) of ``probs`` (at the target spacing) in the raw geometry;
+    written to ``out_path`` (atomically, format by ending) when given, with the probabilities (float16, key
+    ``probabilities``, ``(n_classes, *raw shape)``) in ``<out_path without ending>.npz`` when
+    ``save_probabilities``. One configuration's :func:`export_prediction`."""
+    return export_prediction([(probs, props)], out_path, props["geometry"], save_probabilities)

@@ -5,10 +5,21 @@ requested fold (sliding window, Gaussian weighting, optional mirroring), the sof
 over configurations for an ensemble), resampled back and un-cropped into the original geometry, optionally
 post-processed, and written as ``<case><ending>`` (plus ``<case>.npz`` probabilities on request). Cases are
 preprocessed and exported in worker processes while the network predicts.
+
+Memory (issue 12): the network side holds one float32 array of all classes at the configuration's spacing per
+configuration (the folds and mirrorings are summed into it in place); export resamples it back class by class and
+slab by slab (:func:`segpipe.inference.export.export_prediction`), never making an array of all classes at the
+raw shape. An export worker gets probabilities over ``HANDOVER_BYTES`` through a temporary ``.npy`` file in the
+output folder, which it memory-maps (``.tmp-<pid>-...``, deleted when the case is done, or by the next run after a
+kill), instead of a pickled copy held by both processes until the export ends.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +29,11 @@ import torch
 from segpipe.dataset.model import DatasetSpec
 from segpipe.dataset.reading import read_channels
 from segpipe.errors import Problem, fail, failure_problems
-from segpipe.inference.export import probabilities_to_original, write_prediction
+from segpipe.inference.cascade import cascade_input
+from segpipe.inference.export import export_prediction
 from segpipe.inference.inputs import discover_inputs, resolve_inputs  # noqa: F401 - discover_inputs re-exported
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
-from segpipe.io.atomic import remove_stale_temporaries
+from segpipe.io.atomic import TMP_PREFIX, remove_stale_temporaries
 from segpipe.io.images import GeometryDict, file_ending
 from segpipe.networks import build_network
 from segpipe.parallel import CasePool, CaseTask, case_failures_error
@@ -32,13 +44,18 @@ from segpipe.training.checkpoint import check_compatible, load_checkpoint
 
 log = logging.getLogger(__name__)
 
+HANDOVER_BYTES = 64 << 20  # larger probabilities reach an export worker through a temporary file, not a pickle
+
 
 @dataclass
 class Model:
-    """The networks of one configuration (one per fold) and its plan entry."""
+    """The networks of one configuration (one per fold) and its plan entry; for a cascade stage, the previous
+    stage's model (run first; its segmentation becomes one-hot input channels for ``foreground`` labels)."""
 
     config: Configuration
     networks: list[torch.nn.Module]
+    previous: Model | None = None
+    foreground: tuple[int, ...] = ()
 
     @property
     def config_name(self) -> str:
@@ -80,11 +97,37 @@ def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], GeometryDict]:
 
 
 def _export(args) -> str:
-    """Worker: average probabilities already in original geometry, post-process, write."""
-    probs_list, geo, out_path, postprocess, save_probs, labels = args
-    probs = np.mean(probs_list, axis=0) if len(probs_list) > 1 else probs_list[0]
-    write_prediction(probs, geo, out_path, save_probs, postprocess, labels)
+    """Worker: average the configurations' probabilities in the raw geometry, post-process, write."""
+    parts, geo, out_path, postprocess, save_probs, labels = args
+    if multiprocessing.parent_process() is not None:  # a worker: the cores are the network's (as in training)
+        torch.set_num_threads(1)
+    loaded = [(np.load(p, mmap_mode="r") if isinstance(p, (str, Path)) else p, props) for p, props in parts]
+    export_prediction(loaded, out_path, geo, save_probs, postprocess, labels)
     return str(out_path)
+
+
+def _hand_over(probs: torch.Tensor, folder: Path, cid: str, k: int) -> Path | None:
+    """Write ``probs`` to a temporary ``.npy`` in ``folder`` for an export worker to memory-map (named like
+    :mod:`segpipe.io.atomic`'s temporaries, so that a killed run's are removed by the next one). None when it
+    cannot be written (e.g. a nearly full disk): the caller then sends the array itself."""
+    path = folder / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{cid}.probabilities-{k}.npy"
+    arr = np.ascontiguousarray(probs.numpy())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:  # not np.save: its tofile() hides a full disk's errno
+            np.lib.format.write_array_header_2_0(fh, np.lib.format.header_data_from_array_1_0(arr))
+            fh.write(arr.data)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        log.warning("case %s: the probabilities (%d MB) go to the export worker in memory: no temporary file "
+                    "in %s (%s)", cid, arr.nbytes >> 20, folder, e)
+        return None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return path
 
 
 def _case_of(task: CaseTask) -> str:
@@ -104,7 +147,8 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     cases = resolve_inputs(input_dir, spec, pixel_spacing, spacing_csv)
     in_spec = DatasetSpec(spec.name, str(input_dir), spec.format, spec.channels, spec.labels, spec.file_ending,
                           cases, channels_in_file=spec.channels_in_file, allow_external_links=True)
-    configs = [m.config for m in models]
+    # every configuration to preprocess each case for: the models' and, for cascade stages, their previous stages'
+    configs = [m.config for m in models] + [m.previous.config for m in models if m.previous is not None]
     ending = file_ending(cases[0].images[0]) or spec.file_ending
     remove_stale_temporaries(output_dir)  # left by a killed earlier run (a live run's are kept)
     written: list[str] = []
@@ -112,13 +156,14 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     ahead = max(2, workers + 1)  # cases read and preprocessed ahead of the network
     with CasePool(workers, "predict") as pool, CaseProgress(len(cases), "predict") as bar:
         preparing: list[CaseTask] = []
-        exporting: list[CaseTask] = []
+        exporting: list[tuple[CaseTask, list[Path]]] = []  # with the temporary files handed to each export
         queue = iter(cases)
 
         def finish_exports(keep: int) -> None:
             while len(exporting) > keep:
-                task = exporting.pop(0)
+                task, handed = exporting.pop(0)
                 ok, value = pool.outcome(task)
+                _remove(handed)  # the worker is done with them (or died: a re-run has finished too)
                 if ok:
                     written.append(value)
                 else:
@@ -137,17 +182,38 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                 bar.update(task.case, failed=True)
                 continue
             cid, prepared, geo = value
+            out_path = output_dir / f"{cid}{ending}"
+            handed: list[Path] = []
             try:
-                originals = [_predict_model(model, pdata, props, len(spec.labels), mirror, device, batch_size,
-                                            amp_dtype) for model, (pdata, props) in zip(models, prepared)]
+                parts: list[tuple[torch.Tensor | Path, dict]] = []
+                extra = iter(prepared[len(models):])  # the previous stages' inputs, in the order of ``configs``
+                for model, (pdata, props) in zip(models, prepared):
+                    if model.previous is not None:  # a cascade stage: its previous stage first
+                        prev_data, prev_props = next(extra)
+                        prev = predict_case(model.previous, prev_data, len(spec.labels), mirror, device, batch_size,
+                                            amp_dtype)
+                        prev_label = export_prediction([(prev, prev_props)])
+                        del prev
+                        pdata = cascade_input(pdata, props, model.config, prev_label, model.foreground)
+                    probs = predict_case(model, pdata, len(spec.labels), mirror, device, batch_size, amp_dtype)
+                    path = None
+                    if pool.workers > 1 and probs.numel() * probs.element_size() > HANDOVER_BYTES:
+                        path = _hand_over(probs, output_dir, cid, len(handed))
+                    if path is not None:  # the worker memory-maps it; this process keeps no copy
+                        handed.append(path)
+                        parts.append((path, props))
+                    else:
+                        parts.append((probs, props))
+                    del probs
             except Exception as e:  # noqa: BLE001 - reported with this case; the other cases go on
+                _remove(handed)
                 failures[cid] = failure_problems(e, "predict", cid)
                 bar.update(cid, failed=True)
                 continue
-            out_path = output_dir / f"{cid}{ending}"
-            exporting.append(pool.submit(_export, (originals, geo, out_path, postprocess, save_probabilities,
-                                                   spec.labels), cid))
-            del originals, prepared, value
+            del prepared, value
+            exporting.append((pool.submit(_export, (parts, geo, out_path, postprocess, save_probabilities,
+                                                    spec.labels), cid), handed))
+            del parts
             finish_exports(keep=max(0, workers - 1))
         finish_exports(keep=0)
     if failures:
@@ -155,18 +221,29 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     return written
 
 
-def _predict_model(model: Model, pdata: np.ndarray, props: dict, n_classes: int, mirror: bool,
-                   device: torch.device, batch_size: int | None, amp_dtype: torch.dtype | None) -> np.ndarray:
-    """Fold-averaged probabilities of one configuration for one preprocessed case, in the raw geometry
-    ``(n_classes, *raw_shape)``."""
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def predict_case(model: Model, pdata: np.ndarray, n_classes: int, mirror: bool, device: torch.device,
+                 batch_size: int | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Fold-averaged softmax probabilities of one configuration for one preprocessed case ``(c, Z, Y, X)``,
+    at the configuration's spacing: ``(n_classes, Z, Y, X)`` float32 on the CPU, one array for all folds
+    (:func:`segpipe.inference.sliding_window.predict_sliding_window` sums them in place)."""
     cfg = model.config
-    mirror_axes = mirror_axes_for(cfg.ndim) if mirror else None
-    probs: torch.Tensor | None = None
-    for net in model.networks:
-        p = predict_sliding_window(net, pdata, list(cfg.patch_size), n_classes, mirror_axes,
-                                   batch_size=batch_size or cfg.batch_size,
-                                   device=device, amp=amp_dtype is not None, amp_dtype=amp_dtype)
-        probs = p if probs is None else probs + p
-    if probs is None:
+    if not model.networks:
         raise ValueError(f"configuration {cfg.name}: no trained network to predict with")
-    return probabilities_to_original(probs / len(model.networks), props)
+    mirror_axes = mirror_axes_for(cfg.ndim) if mirror else None
+    return predict_sliding_window(model.networks, pdata, list(cfg.patch_size), n_classes, mirror_axes,
+                                  batch_size=batch_size or cfg.batch_size, device=device,
+                                  amp=amp_dtype is not None, amp_dtype=amp_dtype)
+
+
+def export_case(parts: list[tuple[torch.Tensor | np.ndarray, dict]], geometry: GeometryDict | dict,
+                out_path: Path, save_probabilities: bool = False, postprocess: dict | None = None,
+                labels: dict[str, int] | None = None) -> np.ndarray:
+    """Write one case's label map (and probabilities) from ``(probabilities, props)`` per configuration, as
+    :func:`predict_folder` does; returns the label map. (:func:`export_prediction` with predict's arguments.)"""
+    return export_prediction(parts, out_path, geometry, save_probabilities, postprocess, labels)

@@ -55,10 +55,31 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
         if not fs:
             raise fail(f"no trained fold of {c}", f"run `segpipe train --config {c} --fold 0` (or --fold each)",
                        file=ws.results_root(c))
-        models.append(load_model(ws.results_root(c), cfg, fs, spec.n_channels, spec.n_classes, dev, checkpoint))
+        previous = None
+        foreground: tuple[int, ...] = ()
+        if cfg.previous_stage is not None:  # a cascade stage: its previous stage runs first, with all its folds
+            from segpipe.preprocessing.cascade import foreground_values
+
+            prev_cfg = plans.configuration(cfg.previous_stage)
+            prev_folds = trained_folds(ws, prev_cfg.name, checkpoint)
+            if not prev_folds:
+                raise fail(f"{c} needs its previous stage {prev_cfg.name}, which has no trained fold",
+                           f"run `segpipe train --config {prev_cfg.name} --fold each`",
+                           file=ws.results_root(prev_cfg.name))
+            previous = load_model(ws.results_root(prev_cfg.name), prev_cfg, prev_folds, spec.n_channels,
+                                  spec.n_classes, dev, checkpoint)
+            _check_folds_plan(ws, prev_cfg.name, prev_cfg, prev_folds)
+            foreground = tuple(foreground_values(spec.labels))
+        model = load_model(ws.results_root(c), cfg, fs, spec.n_channels + len(foreground), spec.n_classes, dev,
+                           checkpoint)
+        model.previous, model.foreground = previous, foreground
+        models.append(model)
         _check_folds_plan(ws, c, cfg, fs)  # after load_model, which names a changed network more precisely
-    desc = " + ".join(f"{m.config_name} (folds "
-                      f"{', '.join(str(f) for f in (folds or trained_folds(ws, m.config_name, checkpoint)))})"
+    def folds_of(name: str, given: list[str] | None) -> str:
+        return ", ".join(str(f) for f in (given or trained_folds(ws, name, checkpoint)))
+
+    desc = " + ".join((f"{m.previous.config_name} (folds {folds_of(m.previous.config_name, None)}) -> "
+                       if m.previous is not None else "") + f"{m.config_name} (folds {folds_of(m.config_name, folds)})"
                       for m in models)
     if postprocess and (postprocess.get("foreground") or postprocess.get("classes")):
         desc += f", post-processing {postprocess}"

@@ -108,7 +108,8 @@ def make_candidates(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], n_
     base = configs[main]
     base_patch_vox = float(np.prod(base["patch_size"]))
     out = [Candidate(name, cfg, 1.0 if name == main else (TWO_D_FOR_3D_FIDELITY if name == "2d" else 0.9),
-                     _work(cfg, n_classes), f"nnU-Net's {name} plan") for name, cfg in configs.items()]
+                     _work(cfg, n_classes), f"nnU-Net's {name} plan") for name, cfg in configs.items()
+           if cfg.get("previous_stage") is None]  # a cascade stage needs its previous stage trained first
     seen = {(tuple(c.config["spacing"]), tuple(c.config["patch_size"]), c.config["batch_size"],
              tuple(c.config["network"]["features_per_stage"])) for c in out}
     full_sp = [float(s) for s in plans["full_resolution_spacing"]]

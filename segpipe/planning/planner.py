@@ -1,6 +1,7 @@
 """Plans for a dataset: 2d, 3d_fullres and (only when needed) 3d_lowres, each with a reason per choice."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -86,10 +87,14 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
                                  network=network, **ov("2d"))
         two["why"]["spacing"] = sp_why
         notes.append("2D data set: only the 2d configuration applies")
+    if "3d_lowres" in configs:
+        configs["3d_cascade_fullres"] = _cascade_stage(configs["3d_fullres"])
+        notes.append("3d_cascade_fullres added: 3d_fullres with 3d_lowres's segmentation as extra input channels "
+                     "(train 3d_lowres on every fold first)")
     two["batch_dice"] = True
     configs = {**configs, "2d": two}
     for name, cfg in configs.items():
-        cfg["data_identifier"] = f"{name}"
+        cfg["data_identifier"] = "3d_fullres" if name == "3d_cascade_fullres" else name
         cfg["normalization"] = norm
         cfg["why"]["normalization"] = norm_why
         cfg["resampling"] = _resampling(cfg["spacing"])
@@ -112,6 +117,17 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
         "default_configuration": main,  # without a budget: nnU-Net's main configuration (the budget planner's
         "notes": notes,                 # choice replaces it, see planning/budget.py)
     }
+
+
+def _cascade_stage(full: Mapping[str, Any]) -> dict[str, Any]:
+    """nnU-Net's cascade: the fullres plan, trained on 3d_fullres's preprocessed data with 3d_lowres's
+    segmentation as one-hot input channels."""
+    cfg = copy.deepcopy(dict(full))
+    cfg["previous_stage"] = "3d_lowres"
+    cfg["why"]["previous_stage"] = ("3d_lowres is planned: its cross-validation segmentation, resampled to this "
+                                    "configuration's grid, is given as one-hot input channels (one per foreground "
+                                    "label), as in nnU-Net's cascade")
+    return cfg
 
 
 def _plan_lowres(full: Mapping[str, Any], median_shape: npt.NDArray[np.float64], n_cases: int, n_classes: int,

@@ -304,7 +304,13 @@ class Configuration:
     """One planned configuration (2d, 3d_fullres, 3d_lowres, a budget's choice): what preprocess, train and
     predict do with it. ``spacing`` (mm) and ``patch_size`` (voxels) are in array axis order, 2 values for 2D
     configurations (the in-plane axes ``(y, x)``) and 3 for 3D; ``trainer`` names a registered trainer
-    (:data:`segpipe.training.trainer.TRAINERS`). ``memory`` and ``why`` are the planner's figures and reasons."""
+    (:data:`segpipe.training.trainer.TRAINERS`). ``memory`` and ``why`` are the planner's figures and reasons.
+
+    ``data_identifier`` names the preprocessed data the configuration trains on
+    (``preprocessed/<data_identifier>/``): configurations that preprocess alike share it (the cascade's fullres
+    stage uses 3d_fullres's data). ``previous_stage`` makes a cascade stage: the named configuration's
+    segmentation (its cross-validation predictions in training, its prediction at inference) is given to the
+    network as one-hot input channels, one per foreground label, after the image channels."""
 
     name: str
     data_identifier: str
@@ -319,10 +325,11 @@ class Configuration:
     resampling: Resampling
     memory: Mapping[str, Any] = field(default_factory=dict)
     why: Mapping[str, str] = field(default_factory=dict)
+    previous_stage: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     KEYS = ("spacing", "median_shape", "patch_size", "batch_size", "batch_dice", "data_identifier", "trainer",
-            "network", "normalization", "resampling", "memory", "why")
+            "network", "normalization", "resampling", "memory", "why", "previous_stage")
 
     @property
     def ndim(self) -> int:
@@ -344,9 +351,16 @@ class Configuration:
                                       for i, n in enumerate(norm)),
                   resampling=Resampling.from_json(r._get("resampling"), f"{where}.resampling", file),
                   memory=r.mapping("memory"), why={str(k): str(v) for k, v in r.mapping("why").items()},
+                  previous_stage=r.text("previous_stage") if r.obj.get("previous_stage") is not None else None,
                   extra=r.extra(cls.KEYS))
         cfg._check(file)
         return cfg
+
+    def preprocessing_key(self) -> dict[str, Any]:
+        """What the preprocessed data depends on (its hash ties preprocessed cases to the plan): the data
+        identifier, target spacing, normalization and resampling; not the patch, batch or network."""
+        return {"data_identifier": self.data_identifier, "spacing": list(self.spacing),
+                "normalization": [n.to_json() for n in self.normalization], "resampling": self.resampling.to_json()}
 
     def _check(self, file: Path | None) -> None:
         where = f"configurations.{self.name}"
@@ -370,6 +384,7 @@ class Configuration:
                 "memory": dict(self.memory), "why": dict(self.why), "batch_dice": self.batch_dice,
                 "data_identifier": self.data_identifier, "trainer": self.trainer,
                 "normalization": [n.to_json() for n in self.normalization], "resampling": self.resampling.to_json(),
+                **({"previous_stage": self.previous_stage} if self.previous_stage is not None else {}),
                 **self.extra}
 
 
@@ -429,7 +444,22 @@ class Plans:
             if len(c.normalization) != plans.n_channels:
                 raise fail(f"configurations.{c.name} normalizes {len(c.normalization)} channel(s), the data set "
                            f"has {plans.n_channels}", PLAN_FIX, file=file)
+            prev = configs.get(c.previous_stage) if c.previous_stage is not None else None
+            if c.previous_stage is not None and (prev is None or prev.ndim != c.ndim or prev.name == c.name
+                                                 or prev.previous_stage is not None):
+                raise fail(f"configurations.{c.name}.previous_stage '{c.previous_stage}' must name another planned "
+                           f"{c.ndim}D configuration that is not itself a cascade stage", PLAN_FIX, file=file)
+        by_data: dict[str, Configuration] = {}
+        for c in configs.values():
+            other = by_data.setdefault(c.data_identifier, c)
+            if other.preprocessing_key() != c.preprocessing_key():
+                raise fail(f"configurations {other.name} and {c.name} share data_identifier '{c.data_identifier}' but "
+                           "preprocess differently (spacing, normalization or resampling)", PLAN_FIX, file=file)
         return plans
+
+    def cascade_stages(self) -> dict[str, str]:
+        """``{cascade configuration: its previous stage}``."""
+        return {n: c.previous_stage for n, c in self.configurations.items() if c.previous_stage is not None}
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

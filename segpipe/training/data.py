@@ -8,6 +8,9 @@ processes: one that dies raises an error in the trainer instead of hanging it.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +19,86 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segpipe.errors import fail
 from segpipe.training.augmentation import augmentation_patch_size, center_crop, training_transforms
-from segpipe.training.sampling import sample_patch
+from segpipe.training.sampling import crop_padded, patch_box
 
 FOREGROUND_FRACTION = 1 / 3  # the last third of every batch is centred on foreground
 
 
+@dataclass(frozen=True)
+class CascadeInput:
+    """A cascade stage's extra input: the previous stage's segmentations (``folder``, written by preprocess,
+    read through :mod:`segpipe.preprocessing.store`) given to the network as one channel per ``foreground``
+    label value, after the image channels."""
+    folder: Path
+    foreground: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What sampling needs of a case, kept in memory: its array shape ``(c, Z, Y, X)`` and, per class, up to
+    10,000 foreground voxel coordinates ``(z, y, x)`` as an ``(n, 3)`` int32 array (~120 kB per class)."""
+    shape: tuple[int, ...]
+    class_locations: dict[str, np.ndarray]
+
+
 class CaseStore:
-    """Preprocessed cases of one configuration, loaded on demand and kept in memory up to ``cache_bytes``."""
+    """Preprocessed cases of one configuration, read patch by patch.
 
-    def __init__(self, folder: Path, case_ids: list[str], cache_bytes: int = 2 << 30):
-        self.folder, self.case_ids, self.cache_bytes = Path(folder), list(case_ids), cache_bytes
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray, dict]] = {}
-        self._used = 0
+    Only :class:`CaseInfo` (shape, class locations) stays in memory per case; :meth:`read_patch` slices the box it
+    is asked for from the case's blosc2 arrays on disk (decompressing only the blocks it overlaps), so a worker's
+    memory does not grow with the data set or the image size. At most ``max_open`` cases are kept open (each holds
+    a file descriptor), least recently used first out.
+    """
 
-    def get(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict]:
-        if case_id in self._cache:
-            return self._cache[case_id]
-        from segpipe.preprocessing.store import load_case
+    def __init__(self, folder: Path, case_ids: list[str], max_open: int = 16, cascade: CascadeInput | None = None):
+        self.folder, self.case_ids, self.max_open = Path(folder), list(case_ids), max_open
+        self.cascade = cascade
+        self._info: dict[str, CaseInfo] = {}
+        self._open: OrderedDict[str, tuple] = OrderedDict()
 
-        data, seg, props = load_case(self.folder, case_id)
+    def info(self, case_id: str) -> CaseInfo:
+        if case_id not in self._info:
+            from segpipe.preprocessing.store import load_properties
+
+            props = load_properties(self.folder, case_id)
+            locs = {k: np.asarray(v, dtype=np.int32).reshape(-1, 3) for k, v in props["class_locations"].items()}
+            data = self._arrays(case_id)[0]
+            self._info[case_id] = CaseInfo(tuple(int(n) for n in data.shape), locs)
+        return self._info[case_id]
+
+    def _arrays(self, case_id: str) -> tuple:
+        """``(data, seg)`` blosc2 arrays of a case, opened on first use and kept in a small LRU."""
+        if case_id in self._open:
+            self._open.move_to_end(case_id)
+            return self._open[case_id]
+        from segpipe.preprocessing.store import open_case, seg_path
+
+        data, seg = open_case(self.folder, case_id)
         if seg is None:
             raise fail(f"preprocessed case '{case_id}' has no segmentation, which training needs",
                        "give the case a label and re-run `segpipe preprocess --force`",
-                       file=self.folder / f"{case_id}.npz", case=case_id)
-        item = (data, seg, props)
-        size = data.nbytes + seg.nbytes
-        if self._used + size <= self.cache_bytes:
-            self._cache[case_id] = item
-            self._used += size
-        return item
+                       file=seg_path(self.folder, case_id), case=case_id)
+        if self.cascade is not None:
+            from segpipe.preprocessing.store import open_previous_stage
+
+            self._open[case_id] = (data, seg, open_previous_stage(self.cascade.folder, case_id))
+        else:
+            self._open[case_id] = (data, seg)
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return self._open[case_id]
+
+    def read_patch(self, case_id: str, lower: list[int], size: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The box ``lower .. lower + size`` (spatial ``(z, y, x)``) of a case: the network's input channels
+        ``(c, *size)`` float32 and the label ``(1, *size)`` int8, padded with 0 and -1 where the box leaves the
+        image. Reads only the box. For a cascade the label has a second channel, the previous stage's
+        segmentation (padded with 0): it goes through spatial augmentation with the label and becomes input
+        channels afterwards (:func:`move_previous_stage_to_data`)."""
+        arrays = self._arrays(case_id)
+        data, seg = crop_padded(arrays[0], lower, size, 0.0), crop_padded(arrays[1], lower, size, -1)
+        if len(arrays) == 3:
+            seg = np.concatenate([seg, crop_padded(arrays[2], lower, size, 0)])
+        return data, seg
 
 
 def batch_rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -63,8 +117,11 @@ def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, 
     data, seg = [], []
     for b in range(batch_size):
         cid = store.case_ids[int(rng.integers(len(store.case_ids)))]
-        arr, lab, props = store.get(cid)
-        d, s = sample_patch(arr, lab, props["class_locations"], crop, force_fg=b >= n_plain, rng=rng)
+        info = store.info(cid)
+        lower, size = patch_box(info.shape[1:], info.class_locations, crop, force_fg=b >= n_plain, rng=rng)
+        d, s = store.read_patch(cid, lower, size)
+        if len(crop) == 2:  # a 2D patch is a box one slice thick
+            d, s = d[:, 0], s[:, 0]
         data.append(d)
         seg.append(s)
     batch = {"data": np.stack(data), "seg": np.stack(seg).astype(np.float32)}
@@ -75,8 +132,18 @@ def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, 
         batch = training_transforms(list(patch))(**batch)
     else:
         batch = center_crop(batch, patch)
-    return {"data": batch["data"].astype(np.float32, copy=False),
-            "seg": np.rint(batch["seg"]).astype(np.int16)}
+    out = {"data": batch["data"].astype(np.float32, copy=False), "seg": np.rint(batch["seg"]).astype(np.int16)}
+    if store.cascade is not None:
+        out = move_previous_stage_to_data(out, store.cascade.foreground)
+    return out
+
+
+def move_previous_stage_to_data(batch: dict[str, np.ndarray], foreground: Sequence[int]) -> dict[str, np.ndarray]:
+    """A cascade batch: the label's second channel (the previous stage's segmentation, ``(b, 2, *patch)``)
+    becomes one-hot input channels appended to ``data``: ``(b, c + len(foreground), *patch)``."""
+    prev = batch["seg"][:, 1]
+    one_hot = np.stack([(prev == v) for v in foreground], axis=1).astype(np.float32)
+    return {"data": np.concatenate([batch["data"], one_hot], axis=1), "seg": batch["seg"][:, :1]}
 
 
 class BatchStream(IterableDataset):
@@ -84,16 +151,17 @@ class BatchStream(IterableDataset):
     batches ``start + w + k*W``, and the DataLoader returns them in order."""
 
     def __init__(self, folder: Path, case_ids: list[str], seed: int, batch_size: int, patch, augment: bool,
-                 start: int = 0, count: int | None = None, stream: int = 0):
+                 start: int = 0, count: int | None = None, stream: int = 0, cascade: CascadeInput | None = None):
         super().__init__()
         self.args = (Path(folder), list(case_ids))
+        self.cascade = cascade
         self.seed, self.batch_size, self.patch, self.augment = seed, batch_size, list(patch), augment
         self.start, self.count, self.stream = start, count, stream
 
     def __iter__(self):
         info = get_worker_info()
         wid, n = (info.id, info.num_workers) if info else (0, 1)
-        store = CaseStore(*self.args)
+        store = CaseStore(*self.args, cascade=self.cascade)
         if info is not None:
             torch.set_num_threads(1)  # worker processes leave the cores to the training process
         i = self.start + wid

@@ -8,12 +8,14 @@ import shutil
 import time
 
 from segpipe import records
+from segpipe.dataset.model import DatasetSpec
 from segpipe.dataset.store import load_dataset
 from segpipe.errors import fail
 from segpipe.io.jsonio import read_json
 from segpipe.locking import locked
-from segpipe.planning.plans import load_plans
+from segpipe.planning.plans import Configuration, load_plans
 from segpipe.training import distributed as dist
+from segpipe.training.data import CascadeInput
 from segpipe.training.splits import fold_cases
 from segpipe.training.trainer import TrainSettings, get_trainer
 from segpipe.workspace import Workspace
@@ -41,10 +43,12 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     spec = load_dataset(ws)
     cfg = load_plans(ws).configuration(config)
     trainer_cls = get_trainer(trainer or cfg.trainer)
-    pre = ws.preprocessed(config)
+    pre = ws.preprocessed(cfg.data_identifier)
     from segpipe.preprocessing.store import check_preprocessed
 
     check_preprocessed(pre, [c.id for c in spec.cases], cfg, config)
+    cascade = _cascade_input(ws, cfg, spec)
+    n_inputs = spec.n_channels + (len(cascade.foreground) if cascade is not None else 0)
     train_ids, val_ids = fold_cases(ws, fold, [c.id for c in spec.cases])
     out = ws.results(config, fold)
     final = out / "checkpoint_final.pt"
@@ -61,7 +65,8 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     dist.barrier()
     if not force and (final.is_file() or latest.is_file()):
         _check_fold_origin(out, origin, config, fold)
-    t = trainer_cls(cfg, spec.n_channels, spec.n_classes, pre, train_ids, val_ids, out, settings)
+    t = (trainer_cls(cfg, n_inputs, spec.n_classes, pre, train_ids, val_ids, out, settings, cascade=cascade)
+         if cascade is not None else trainer_cls(cfg, n_inputs, spec.n_classes, pre, train_ids, val_ids, out, settings))
     if final.is_file() and not force:
         log.info("fold %s of %s is already trained (%s); use --force to train again", fold, config, final)
         t.load(final)
@@ -91,6 +96,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         else:
             schedule = getattr(t, "schedule", None)
             summary = validate_fold(t.network, cfg, spec, ws.raw, pre, val_ids, out / "validation", t.device,
+                                    cascade=cascade,
                                     amp_dtype=t.amp_dtype, mirror=schedule.mirror_final if schedule else True,
                                     deadline=getattr(t, "deadline", None))
     if t.is_main and final.is_file():
@@ -101,6 +107,18 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     dist.barrier()
     dist.cleanup()
     return {"state": t.state, "validation": summary, "out": str(out)}
+
+
+def _cascade_input(ws: Workspace, cfg: Configuration, spec: DatasetSpec) -> CascadeInput | None:
+    """For a cascade stage: where its previous stage's segmentations lie (checked complete) and which labels
+    become input channels; None for other configurations."""
+    if cfg.previous_stage is None:
+        return None
+    from segpipe.preprocessing.cascade import foreground_values
+    from segpipe.preprocessing.previous_stage import check_previous_stage
+
+    folder = check_previous_stage(ws, cfg, [c.id for c in spec.cases])
+    return CascadeInput(folder, tuple(foreground_values(spec.labels)))
 
 
 def _check_fold_origin(out, origin: dict, config: str, fold: str) -> None:

@@ -28,7 +28,7 @@ from segpipe.progress import Heartbeat
 from segpipe.training import distributed as dist
 from segpipe.training.budget import BudgetSchedule, FinalValidationCost, final_validation_cost, plan_budget
 from segpipe.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from segpipe.training.data import BatchStream, CaseStore, make_batch, make_loader
+from segpipe.training.data import BatchStream, CascadeInput, CaseStore, make_batch, make_loader
 from segpipe.training.logs import plot_progress, write_log
 from segpipe.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
 from segpipe.training.schedule import poly_lr, training_progress
@@ -138,8 +138,12 @@ class Trainer:
     """Trains one fold. ``config`` is the plan's configuration; arrays come from ``preprocessed``."""
 
     def __init__(self, config: Configuration, n_channels: int, n_classes: int, preprocessed: Path,
-                 train_ids: list[str], val_ids: list[str], out_dir: Path, settings: TrainSettings):
+                 train_ids: list[str], val_ids: list[str], out_dir: Path, settings: TrainSettings,
+                 cascade: CascadeInput | None = None):
+        """``n_channels`` counts every network input channel: for a cascade stage (``cascade`` given), the image
+        channels plus one per foreground label of the previous stage's segmentation."""
         self.config, self.settings = config, settings
+        self.cascade = cascade
         self.n_channels, self.n_classes = n_channels, n_classes
         self.preprocessed, self.train_ids, self.val_ids = Path(preprocessed), train_ids, val_ids
         self.out = Path(out_dir)
@@ -303,9 +307,10 @@ class Trainer:
         if self.is_main:
             log.info("%s", self.describe(total_iterations))
         stream = BatchStream(self.preprocessed, self.train_ids, s.seed, self.batch_size, self.patch,
-                             augment=self.transforms_enabled(), start=self.state["iteration"], stream=2 * self.rank)
+                             augment=self.transforms_enabled(), start=self.state["iteration"], stream=2 * self.rank,
+                             cascade=self.cascade)
         loader = iter(make_loader(stream, s.workers))
-        val_store = CaseStore(self.preprocessed, self.val_ids)
+        val_store = CaseStore(self.preprocessed, self.val_ids, cascade=self.cascade)
         self.schedule: BudgetSchedule | None = None
         seconds_per_val_batch = 0.0  # measured when there is a budget (only budgets use it)
         final: FinalValidationCost | None = None

@@ -22,6 +22,7 @@ from segpipe.io.jsonio import write_json
 from segpipe.planning.plans import Configuration
 from segpipe.preprocessing.store import load_case
 from segpipe.progress import CaseProgress
+from segpipe.training.data import CascadeInput
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ def _set_deep_supervision(network: torch.nn.Module, enabled: bool) -> None:
 
 def validate_fold(network: torch.nn.Module, config: Configuration, spec: DatasetSpec, raw_root: Path,
                   preprocessed: Path, val_ids: list[str], out_dir: Path, device: torch.device, mirror: bool = True,
-                  amp_dtype: torch.dtype | None = None, deadline: float | None = None) -> dict:
+                  amp_dtype: torch.dtype | None = None, deadline: float | None = None,
+                  cascade: CascadeInput | None = None) -> dict:
     """Predict, export and score each validation case; writes ``out_dir/summary.json`` and returns it.
 
     With a ``deadline`` (``time.monotonic()`` value; a training budget's end), mirroring is dropped for the
@@ -58,6 +60,12 @@ def validate_fold(network: torch.nn.Module, config: Configuration, spec: Dataset
         mirrored[cid] = mirror
         with error_context("validation", cid):
             data, _, props = load_case(preprocessed, cid)
+            if cascade is not None:  # the previous stage's segmentation as one-hot input channels
+                from segpipe.preprocessing.cascade import one_hot_channels
+                from segpipe.preprocessing.store import load_previous_stage
+
+                prev = one_hot_channels(load_previous_stage(cascade.folder, cid)[0], cascade.foreground)
+                data = np.concatenate([data, prev])
             probs = predict_sliding_window(network, data, patch, spec.n_classes,
                                            mirror_axes=mirror_axes_for(len(patch)) if mirror else None,
                                            batch_size=config.batch_size, device=device,

@@ -17,7 +17,7 @@ from segpipe.errors import SegpipeError
 from segpipe.io.atomic import TMP_PREFIX
 from segpipe.io.jsonio import read_json
 from segpipe.preprocessing.run import run_preprocess
-from segpipe.preprocessing.store import list_cases, load_case
+from segpipe.preprocessing.store import STORAGE_VERSION, list_cases, load_case, open_case
 from segpipe.workspace import Workspace
 
 LABELS = ["--labels", "background=0", "anterior=1", "posterior=2"]
@@ -60,16 +60,17 @@ def test_preprocess_writes_cases_then_skips(planned: Path, tmp_path: Path, capsy
     assert list_cases(folder) == ids
     plans = read_json(ws.plans_json, kind="plans")
     for cid in ids:
-        assert (folder / f"{cid}.npz").is_file() and (folder / f"{cid}.json").is_file()
+        assert (folder / f"{cid}_data.b2nd").is_file() and (folder / f"{cid}_seg.b2nd").is_file()
+        assert (folder / f"{cid}.json").is_file() and not (folder / f"{cid}.npz").exists()
         data, seg, props = load_case(folder, cid)
         assert data.dtype == np.float32 and seg.dtype == np.int8 and data.shape[1:] == seg.shape[1:]
         assert props["case"] == cid and props["config"] == "3d_fullres"
         assert props["target_spacing"] == plans["configurations"]["3d_fullres"]["spacing"]
+        assert props["storage"] == "blosc2" and props["storage_version"] == STORAGE_VERSION
         assert read_json(folder / f"{cid}.json", kind="case_properties")["kind"] == "case_properties"
-        with np.load(folder / f"{cid}.npz", allow_pickle=False) as z:
-            assert sorted(z.files) == ["data", "seg"]
-        mdata, mseg, _ = load_case(folder, cid, mmap=True)
-        assert isinstance(mdata, np.memmap) and np.array_equal(mdata, data) and np.array_equal(mseg, seg)
+        bdata, bseg = open_case(folder, cid)
+        assert bdata.shape == data.shape and np.array_equal(bdata[:, 1:5, 2:9], data[:, 1:5, 2:9])
+        assert np.array_equal(bseg[...], seg)
     before = _mtimes(folder)
     assert _pp(ws.root) == 0
     assert "unchanged, skipped" in capsys.readouterr().out
@@ -82,7 +83,7 @@ def test_missing_json_redoes_only_that_case_and_stale_temporaries_go(planned: Pa
     folder = ws.preprocessed("3d_fullres")
     victim = hippo_ids(N)[2]
     (folder / f"{victim}.json").unlink()
-    stale = folder / f"{TMP_PREFIX}999999-deadbeef-{victim}.npz"
+    stale = folder / f"{TMP_PREFIX}999999-deadbeef-{victim}_data.b2nd"
     stale.write_bytes(b"half a file")
     assert list_cases(folder) == [c for c in hippo_ids(N) if c != victim]
     before = _mtimes(folder)
@@ -93,7 +94,7 @@ def test_missing_json_redoes_only_that_case_and_stale_temporaries_go(planned: Pa
     assert not stale.exists()
     after = _mtimes(folder)
     changed = {k for k in after if after[k] != before.get(k)}
-    assert changed == {f"{victim}.npz", f"{victim}.json"}
+    assert changed == {f"{victim}_data.b2nd", f"{victim}_seg.b2nd", f"{victim}.json"}
     assert list_cases(folder) == hippo_ids(N)
 
 
@@ -166,7 +167,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(planned: Path, tmp_
     assert f"{N - len(done)} case(s) written" in out or (len(done) == N and "0 case(s) written" in out)
     after = _mtimes(folder)
     for cid in done:  # cases complete before the kill were not redone
-        assert after[f"{cid}.npz"] == before[f"{cid}.npz"] and after[f"{cid}.json"] == before[f"{cid}.json"]
+        for name in (f"{cid}_data.b2nd", f"{cid}_seg.b2nd", f"{cid}.json"):
+            assert after[name] == before[name], name
     assert not [p for p in folder.iterdir() if p.name.startswith(TMP_PREFIX)]
 
     assert _pp(clean.root) == 0
