@@ -4,14 +4,14 @@
 Run with segpipe's venv python: ``.venv/bin/python benchmarks/peak_conv.py`` (about 5 minutes on 2 CPU cores).
 
 1. Peak: large convolutions timed alone (forward, under ``torch.inference_mode``), fp32 and bf16 (bf16 both as
-   native bfloat16 tensors and as fp32 tensors under CPU autocast): 3D ones (batch 2, 32->32 channels, 3x3x3,
-   128^3 voxels; batch 2, 64->64, 3x3x3, 64^3; batch 2, 128->128, 3x3x3, 32^3; padding 1), a 2D one (batch 16, 64->64 channels,
-   3x3, 256^2 pixels, padding 1) and the first 3D one forward + backward. FLOPs = 2 x MACs, MACs counted exactly:
-   batch x C_out x output voxels x C_in x kernel volume (x 3 for forward + backward: the input gradient and the
-   weight gradient are convolutions with the same number of MACs; the bias gradient is not counted). The best of
-   ``--repeats`` timed calls after a warm-up is kept; the convolutions are measured again after segpipe's part
-   and the better round counts (a short busy spell of other processes then spoils neither). The peak of a
-   precision is the highest of its rows.
+   native bfloat16 tensors and as fp32 tensors under CPU autocast): 3D ones (batch 2, 32->32 channels, 3x3x3, 128^3
+   voxels; batch 2, 64->64, 3x3x3, 64^3; batch 2, 128->128, 3x3x3, 32^3; padding 1), a 2D one (batch 16, 64->64
+   channels, 3x3, 256^2 pixels, padding 1) and the first 3D one forward + backward. FLOPs = 2 x MACs, MACs counted
+   exactly: batch x C_out x output voxels x C_in x kernel volume (x 3 for forward + backward: the input gradient and
+   the weight gradient are convolutions with the same number of MACs; the bias gradient is not counted). The best of
+   ``--repeats`` timed calls after a warm-up is kept; the convolutions are measured again after segpipe's part and
+   the better round counts (a short busy spell of other processes then spoils neither). The peak of a precision is
+   the highest of its rows.
 2. segpipe on the default 3d_fullres plan of the packaged example data (segpipe/data/example/hippocampus,
    20 cases), made by segpipe's own CLI in a temporary workspace (``onboard``, ``fingerprint``, ``plan``,
    ``preprocess --config 3d_fullres``):

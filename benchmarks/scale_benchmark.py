@@ -328,8 +328,8 @@ def main() -> None:
                     f"{max(1, w)} + {a.load_settle} untimed")
                 out = run / "logs" / f"load_segpipe_n{n}_w{w}.json"
                 m = measure([sys.executable, HERE / "loading_segpipe.py", "--workspace", ws, "--name", SP_NAME,
-                             "--config", CONFIG, "--workers", w, "--batches", a.load_batches, "--settle", a.load_settle, "--out", out],
-                            f"n{n}_load_segpipe")
+                             "--config", CONFIG, "--workers", w, "--batches", a.load_batches,
+                             "--settle", a.load_settle, "--out", out], f"n{n}_load_segpipe")
                 if out.is_file():
                     m.update(json.loads(out.read_text()))
                 S[f"load_{w}"] = m
@@ -337,8 +337,8 @@ def main() -> None:
                     shared = share_splits(spd, nn_ds_pre)
                 out = run / "logs" / f"load_nnunet_n{n}_w{w}.json"
                 m = measure([nn_py, HERE / "loading_nnunet.py", "--dataset", ds_name, "--config", CONFIG,
-                             "--batches", a.load_batches, "--settle", a.load_settle, "--out", out], f"n{n}_load_nnunet", True,
-                            {"nnUNet_n_proc_DA": w})
+                             "--batches", a.load_batches, "--settle", a.load_settle, "--out", out],
+                            f"n{n}_load_nnunet", True, {"nnUNet_n_proc_DA": w})
                 if out.is_file():
                     m.update(json.loads(out.read_text()))
                 N[f"load_{w}"] = m
@@ -527,27 +527,28 @@ def report(res: dict) -> tuple[str, str]:
         f"- Data: headneck_oar_labels, first N of cases.csv, images by make_images.py (downsample "
         f"{st['downsample']}); Ns {ns}; planner memory target "
         f"{str(st['memory_gb']) + ' GB' if st['memory_gb'] else 'default (8 GB, both)'}",
-        f"- Plans {CONFIG} per N (spacing in mm, each tool's own axis order): " + "; ".join(f"N={n}: segpipe {p['segpipe']}, nnU-Net {p['nnunet']}"
-                                                 for n, p in plans.items() if p),
+        f"- Plans {CONFIG} per N (spacing in mm, each tool's own axis order): "
+        + "; ".join(f"N={n}: segpipe {p['segpipe']}, nnU-Net {p['nnunet']}" for n, p in plans.items() if p),
         f"- Fingerprint/preprocess with {st['workers']} processes each; loading rates over {st['load_batches']} "
         f"batches after one warm-up batch per worker and {st['load_settle']} untimed ones; one measurement each "
         "(no repeats)",
     ]
     for n, p in pin.items():
-        lines.append(f"- Predict input at N={n}: {p['case']}, {'whole case' if p['crop_factor'] <= 0 else 'centre crop'}"
-                     f" {p['input_size_xyz']} voxels (x, y, z) of {p['source_size_xyz']}, "
+        what = "whole case" if p["crop_factor"] <= 0 else "centre crop"
+        lines.append(f"- Predict input at N={n}: {p['case']}, {what} {p['input_size_xyz']} voxels (x, y, z) of "
+                     f"{p['source_size_xyz']}, "
                      f"{p['n_windows_step_0.5']} windows of the plan's patch; "
                      f"{'with' if st['mirror'] else 'without'} mirroring for both")
-    lines += ["", "Ratio = segpipe / nnU-Net: for times, memory and disk < 1 is better, for batches/s > 1. What each row "
-              "measures: docs/benchmarks.md, \"Scale benchmark\". Timings taken while other processes ran are not "
-              "usable (see the load averages).", ""]
+    lines += ["", "Ratio = segpipe / nnU-Net: for times, memory and disk < 1 is better, for batches/s > 1. What each "
+              "row measures: docs/benchmarks.md, \"Scale benchmark\". Timings taken while other processes ran are "
+              "not usable (see the load averages).", ""]
     lines += md_table(head, rows)
     if growth:
         lines += ["", "Growth per case: least-squares slope of the value over N (both tools measured at the same Ns).",
                   ""]
         lines += md_table(ghead, growth)
-    lines += ["", "Commands (nnU-Net ones with nnUNet_raw/_preprocessed/_results under `benchmarks/work_scale/run/nnunet/`):",
-              "", "```"]
+    lines += ["", "Commands (nnU-Net ones with nnUNet_raw/_preprocessed/_results under "
+              "`benchmarks/work_scale/run/nnunet/`):", "", "```"]
     for phase, cmds in res.get("commands", {}).items():
         lines.append(f"# {phase}")
         lines += cmds[:3]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
+import multiprocessing.context
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -65,6 +67,15 @@ class CaseTask:
         self.outcome: tuple[bool, Any] | None = None
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: ``forkserver`` (``spawn`` where there is none), never a plain ``fork`` of this
+    process. A forked child inherits the parent's library thread pools in whatever state they were (blosc2's,
+    OpenMP's), and one that was locked at that moment deadlocks the child: preprocessing hung that way in
+    blosc2's reader. Workers of the forkserver start from a clean process and import what they run."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 class CasePool:
     """Runs per-case functions in ``workers`` processes, or lazily in this process when ``workers <= 1``.
 
@@ -90,7 +101,8 @@ class CasePool:
         if self.workers > 1:
             for _ in range(2):
                 if self._pool is None:
-                    self._pool = ProcessPoolExecutor(self.workers, initializer=_die_with_parent)
+                    self._pool = ProcessPoolExecutor(self.workers, mp_context=worker_context(),
+                                                     initializer=_die_with_parent)
                 try:
                     task.future = self._pool.submit(run_case, fn, arg, case, self.stage)
                     break
@@ -126,7 +138,7 @@ class CasePool:
         log.warning("%s: a worker process died; re-running the %d case(s) that were in flight one at a time",
                     self.stage, len(in_flight))
         for t in in_flight:
-            with ProcessPoolExecutor(1, initializer=_die_with_parent) as single:
+            with ProcessPoolExecutor(1, mp_context=worker_context(), initializer=_die_with_parent) as single:
                 try:
                     t.outcome = single.submit(run_case, t.fn, t.arg, t.case, self.stage).result()
                 except BrokenProcessPool:

@@ -114,3 +114,11 @@ def test_predict_reports_a_damaged_input_and_writes_the_other_cases(tiny_one_fol
     assert f"case '{ids[1]}'" in err and str(bad) in err and "truncated" in err and "fix:" in err
     assert "1 of 3 case(s) failed" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{c}.nii.gz" for c in ids if c != ids[1])
+
+
+def test_workers_are_not_forked_from_the_main_process():
+    """A plain fork copies library thread pools in whatever state they are (a held blosc2 lock deadlocked
+    `segpipe demo --workers 2` in preprocessing); workers come from a forkserver (or spawn) instead."""
+    from segpipe.parallel import worker_context
+
+    assert worker_context().get_start_method() in ("forkserver", "spawn")
