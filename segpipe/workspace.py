@@ -99,11 +99,6 @@ class Workspace:
         return self.dir / "selection.json"
 
     @property
-    def locks(self) -> Path:
-        """Lock files of running stages (:mod:`segpipe.locking`); not artifacts."""
-        return self.dir / ".locks"
-
-    @property
     def report(self) -> Path:
         """The HTML report and its plots."""
         return self.dir / "report"

@@ -20,10 +20,10 @@ Layout of one configuration entry (``plans["configurations"][name]``)::
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from segpipe.axes import MedianShapeVox, ShapeVox, SpacingMM, StridesVox
 from segpipe.errors import SegpipeError, did_you_mean, fail
@@ -32,7 +32,6 @@ from segpipe.workspace import Workspace
 PLAN_FIX = "re-run `segpipe plan --force` (or correct plans.json by hand)"
 DEFAULT_TRAINER = "default"
 
-T = TypeVar("T")
 
 
 class _Reader:
@@ -56,13 +55,6 @@ class _Reader:
 
     def _bad(self, key: str, value: Any, want: str) -> SegpipeError:
         return fail(f"{self.where}.{key} is {value!r}, expected {want}", PLAN_FIX, file=self.file)
-
-    def convert(self, key: str, fn: Callable[[Any], T], want: str) -> T:
-        value = self._get(key)
-        try:
-            return fn(value)
-        except (TypeError, ValueError) as e:
-            raise self._bad(key, value, want) from e
 
     def text(self, key: str) -> str:
         value = self._get(key)

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from segpipe.dataset.model import DatasetSpec
-from segpipe.dataset.reading import map_label_values
 from segpipe.errors import fail
 from segpipe.io.images import read_image
 from segpipe.parallel import map_cases
@@ -57,11 +56,12 @@ def cross_validation_exports(ws: Workspace, spec: DatasetSpec, previous: str) ->
     return found
 
 
-def _one(args: tuple[Path, Path, str, Configuration, dict[str, int] | None, Path]) -> str:
-    """Worker: one case's previous-stage segmentation onto the preprocessed grid, written atomically."""
-    export, preprocessed, case_id, config, value_map, out = args
+def _one(args: tuple[Path, Path, str, Configuration, Path]) -> str:
+    """Worker: one case's previous-stage segmentation onto the preprocessed grid, written atomically. The
+    exports are label maps with dataset.json's values already (no value map to apply)."""
+    export, preprocessed, case_id, config, out = args
     label, _ = read_image(export)
-    label = map_label_values(np.rint(label).astype(np.int16), value_map)
+    label = np.rint(label).astype(np.int16)
     props = load_properties(preprocessed, case_id)
     seg = previous_stage_on_grid(label, props, config)
     write_previous_stage(out, case_id, seg, config.patch_size)
@@ -85,8 +85,7 @@ def prepare_previous_stage(ws: Workspace, plans: Plans, config: Configuration, s
         return 0
     out.mkdir(parents=True, exist_ok=True)
     pre = ws.preprocessed(config.data_identifier)
-    # exports are label maps as dataset.json defines them (already mapped): no value map
-    args = [(exports[c.id], pre, c.id, config, None, out) for c in spec.cases]
+    args = [(exports[c.id], pre, c.id, config, out) for c in spec.cases]
     map_cases(_one, args, workers, f"previous stage {previous.name} -> {config.name}", cases=[c.id for c in spec.cases])
     write_record(ws, stage, inputs, settings, outputs)
     return len(args)

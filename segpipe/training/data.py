@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segpipe.errors import fail
+from segpipe.preprocessing.cascade import one_hot_channels
 from segpipe.training.augmentation import augmentation_patch_size, center_crop, training_transforms
 from segpipe.training.sampling import crop_padded, patch_box
 
@@ -141,8 +142,7 @@ def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, 
 def move_previous_stage_to_data(batch: dict[str, np.ndarray], foreground: Sequence[int]) -> dict[str, np.ndarray]:
     """A cascade batch: the label's second channel (the previous stage's segmentation, ``(b, 2, *patch)``)
     becomes one-hot input channels appended to ``data``: ``(b, c + len(foreground), *patch)``."""
-    prev = batch["seg"][:, 1]
-    one_hot = np.stack([(prev == v) for v in foreground], axis=1).astype(np.float32)
+    one_hot = np.moveaxis(one_hot_channels(batch["seg"][:, 1], foreground), 0, 1)  # (b, n_fg, *patch)
     return {"data": np.concatenate([batch["data"], one_hot], axis=1), "seg": batch["seg"][:, :1]}
 
 

@@ -20,7 +20,8 @@ from segpipe.inference.export import export_label_map
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
 from segpipe.io.jsonio import write_json
 from segpipe.planning.plans import Configuration
-from segpipe.preprocessing.store import load_case
+from segpipe.preprocessing.cascade import one_hot_channels
+from segpipe.preprocessing.store import load_case, load_previous_stage
 from segpipe.progress import CaseProgress
 from segpipe.training.data import CascadeInput
 
@@ -61,9 +62,6 @@ def validate_fold(network: torch.nn.Module, config: Configuration, spec: Dataset
         with error_context("validation", cid):
             data, _, props = load_case(preprocessed, cid)
             if cascade is not None:  # the previous stage's segmentation as one-hot input channels
-                from segpipe.preprocessing.cascade import one_hot_channels
-                from segpipe.preprocessing.store import load_previous_stage
-
                 prev = one_hot_channels(load_previous_stage(cascade.folder, cid)[0], cascade.foreground)
                 data = np.concatenate([data, prev])
             probs = predict_sliding_window(network, data, patch, spec.n_classes,

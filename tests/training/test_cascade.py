@@ -60,11 +60,8 @@ def test_the_cascade_needs_every_lowres_fold_first(cascade_ws):
 def test_lowres_cascade_predict_select_end_to_end(cascade_ws, tmp_path: Path, capsys):
     ws, src = cascade_ws
     for config in ("3d_lowres", "3d_cascade_fullres"):
-        if config == "3d_cascade_fullres":
-            # the previous stage's cross-validation predictions, moved onto the fullres grid by preprocess
-            assert main(["preprocess", "-w", str(ws), "--config", config, "--workers", "1"]) == 0
-        else:
-            assert main(["preprocess", "-w", str(ws), "--config", config, "--workers", "1"]) == 0
+        # for the cascade, preprocess also moves 3d_lowres's cross-validation predictions onto the fullres grid
+        assert main(["preprocess", "-w", str(ws), "--config", config, "--workers", "1"]) == 0
         for fold in ("0", "1", "2"):
             assert main(["train", "-w", str(ws), "--config", config, "--fold", fold, *TRAIN]) == 0
     prev = ws / "c" / "preprocessed" / "3d_fullres" / "previous_stage" / "3d_lowres"
