@@ -28,7 +28,6 @@ setup(
         "scipy>=1.10",
         "SimpleITK>=2.2",
         "torch>=2.1",
-        "batchgenerators>=0.25",
         "acvl-utils>=0.2",
         "tqdm>=4.60",
         "matplotlib>=3.6",

@@ -2,9 +2,14 @@
 cross-validation, and store the choice in ``selection.json`` (used by ``segpipe predict --best``).
 
 Cross-validation predictions are the folds' ``validation/<case><ending>`` exports (every case is held out by
-exactly one fold); ensembles average the folds' exported probabilities (``validation/<case>.npz``). Cases are
-read one at a time and reduced to per-class voxel counts (:func:`select_from_files`); the Dice tables are made
-by the one summary, :func:`segpipe.evaluation.summary.summarize`.
+exactly one fold); ensembles average the folds' exported probabilities (``validation/<case>.npz``, float16
+``(n_classes, *raw shape)``). Cases are read one at a time and reduced to per-class voxel counts
+(:func:`select_from_files`); the Dice tables are made by the one summary,
+:func:`segpipe.evaluation.summary.summarize`.
+
+Memory (issue 12): an ensemble's label map is made from the saved probabilities streamed class by class and
+slab by slab (:func:`segpipe.inference.export.ensemble_label_map`): one case's float32 running maximum and label
+map at a time, never the configurations' whole probabilities (which the files hold compressed, as float16).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from segpipe.errors import error_context, fail
 from segpipe.evaluation.metrics import Counts, class_counts, record_from_counts
 from segpipe.evaluation.postprocessing import case_counts, choose_from_counts
 from segpipe.evaluation.summary import OVERLAP_METRICS, summarize
-from segpipe.inference.export import label_map, probabilities_path
+from segpipe.inference.export import ensemble_label_map, probabilities_path
 from segpipe.io.images import read_image
 from segpipe.io.jsonio import read_json, write_json
 from segpipe.locking import locked
@@ -73,17 +78,14 @@ def candidate_configs(done: dict[str, dict[str, Path]], case_ids: list[str]) -> 
 def case_predictions(done: dict[str, dict[str, Path]], cid: str,
                      candidates: dict[str, list[str]]) -> Iterator[tuple[str, np.ndarray]]:
     """The label map of case ``cid`` (raw geometry, e.g. ``(z, y, x)``) of each candidate, one at a time: a
-    configuration's exported label map, or the argmax of its configurations' mean probabilities (each
-    configuration's probabilities of this case are loaded once)."""
-    probs: dict[str, np.ndarray] = {}
+    configuration's exported label map, or the argmax of its configurations' mean probabilities, streamed from
+    their saved ``.npz`` files class by class (:func:`segpipe.inference.export.ensemble_label_map`; each
+    ensemble reads its configurations' files again, so that memory does not grow with the candidates)."""
     for name, configs in candidates.items():
         if len(configs) == 1:
             yield name, read_image(done[configs[0]][cid])[0]
             continue
-        for c in configs:
-            if c not in probs:
-                probs[c] = np.load(probabilities_path(done[c][cid]))["probabilities"].astype(np.float32)
-        yield name, label_map(np.mean([probs[c] for c in configs], axis=0))
+        yield name, ensemble_label_map([probabilities_path(done[c][cid]) for c in configs])
 
 
 def select_from_files(done: dict[str, dict[str, Path]], case_ids: list[str],

@@ -1,16 +1,24 @@
 """Export of predicted probabilities into the raw image's geometry.
 
 Preprocessing cropped a case to its nonzero bounding box and resampled it to the target spacing; export undoes
-both: probabilities are resampled back to the cropped shape (linear interpolation; the coarse axis of anisotropic
-cases with nearest neighbour, as in preprocessing) and placed into the raw shape, whose outside is background.
-The label map is their argmax, written with the raw geometry.
+both: probabilities are resampled back to the cropped shape and placed into the raw shape, whose outside is
+background. The label map is their argmax, written with the raw geometry.
+
+The orders are the plan's (issue 12): each configuration's :class:`~segpipe.planning.plans.Resampling`, as
+preprocessing used it for the one-hot label maps (``label_order`` on every axis, ``coarse_axis_order`` along the
+coarse axis of an anisotropic case, decided with ``anisotropy_threshold``); the plans segpipe writes say order 1
+(linear) and order 0 (nearest) along the coarse axis, nnU-Net's choice for probabilities. How each order maps to
+a torch kernel (0 nearest, 1 linear, 2 to 5 cubic convolution) is in :mod:`segpipe.inference.resample_torch`.
+Callers pass ``config.resampling``; a caller without a plan (``resampling=None``) gets
+:data:`PLANNER_DEFAULT_RESAMPLING`, the values segpipe's planner writes.
 
 Memory stays bounded (issue 12): :func:`export_prediction` resamples one class and a slab of slices at a time in
 torch (:mod:`segpipe.inference.resample_torch`), keeps a running maximum and argmax over the classes (one float32
 and one uint8 volume of the cropped shape), and streams saved probabilities (float16, ``(classes, *raw shape)``,
 e.g. ``(c, z, y, x)``) into a compressed ``.npz`` as they are made. No array of all classes at the raw shape is
-ever made. Probabilities are not renormalised after resampling: linear interpolation and nearest neighbour are
-convex combinations, so the sum over classes stays 1 (to float32 rounding).
+ever made. Probabilities are not renormalised after resampling: every kernel's weights sum to 1, so the sum over
+classes stays 1 (to float32 rounding); nearest neighbour and linear interpolation keep each value in ``[0, 1]``,
+cubic convolution (a plan with an order of 2 or more) may overshoot it slightly near sharp edges.
 
 Every label map segpipe writes (final validation, ``segpipe predict``) is written by :func:`export_prediction`
 (probabilities at the configuration's spacing) or :func:`write_prediction` (probabilities already in the raw
@@ -23,6 +31,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +39,35 @@ import torch
 from segpipe.inference.resample_torch import SlabResampler, probability_orders
 from segpipe.io.atomic import atomic_path, verify_zip
 from segpipe.io.images import Geometry, GeometryDict, file_ending, write_image
+from segpipe.planning import constants as C
+from segpipe.planning.plans import Resampling
 
 SLAB_BYTES = 32 << 20          # float32 bytes of one class' slab of output slices resampled at a time
 PROBABILITIES_KEY = "probabilities"
 PROBABILITIES_DTYPE = np.float16
 NPZ_COMPRESSLEVEL = 1          # zlib level of saved probabilities (numpy's savez_compressed uses 6: 2-3x slower)
+READ_PIECE_BYTES = 1 << 20     # bytes decompressed per read when saved probabilities are streamed back
 
 Parts = Sequence[tuple[torch.Tensor | np.ndarray, dict]]  # (probabilities (c, Z, Y, X), props) per configuration
+
+# What segpipe's planner writes into every configuration's ``resampling`` (segpipe/planning/planner.py): used
+# only by callers that have no plan to hand (``resampling=None``); predict passes each configuration's own.
+PLANNER_DEFAULT_RESAMPLING = Resampling(
+    image_order=C.IMAGE_RESAMPLING_ORDER, label_order=C.LABEL_RESAMPLING_ORDER, label_mode="one-hot",
+    anisotropy_threshold=C.ANISOTROPY_THRESHOLD, coarse_axis_order=C.COARSE_AXIS_RESAMPLING_ORDER)
+
+
+def _resamplings(parts: Parts, resampling: Sequence[Resampling] | Resampling | None) -> list[Resampling]:
+    """One :class:`Resampling` per part: ``resampling`` given per part, one for all, or the planner's default."""
+    if resampling is None:
+        return [PLANNER_DEFAULT_RESAMPLING] * len(parts)
+    if isinstance(resampling, Resampling):
+        return [resampling] * len(parts)
+    out = list(resampling)
+    if len(out) != len(parts):
+        raise ValueError(f"{len(out)} resampling entries for {len(parts)} sets of probabilities (one per "
+                         "configuration)")
+    return out
 
 
 def probabilities_path(out_path: str | Path) -> Path:
@@ -114,6 +145,114 @@ def save_probabilities_npz(path: str | Path, probs: np.ndarray) -> None:
                 write(probs[c, s:s + rows])
 
 
+class ProbabilitiesReader:
+    """Sequential reader of saved probabilities (a ``.npz`` of :func:`save_probabilities_npz` or
+    :func:`export_prediction`: key ``probabilities``, ``(n_classes, *raw shape)``, e.g. ``(c, z, y, x)``, float16)
+    that never holds the whole array: :meth:`read` returns the next values in C order (class by class, and slab
+    by slab of slices along the first spatial axis within a class), in the stored dtype, decompressed as they
+    are read. ``shape`` and ``dtype`` are the stored array's. A file whose array is not in C order or has a
+    header numpy's public readers do not parse is loaded whole (segpipe never writes one)."""
+
+    def __init__(self, path: str | Path, key: str = PROBABILITIES_KEY):
+        self.path = Path(path)
+        self._zip = zipfile.ZipFile(self.path)
+        self._fh: Any = None  # the zip member (typing's IO[bytes] has no readinto)
+        self._array: np.ndarray | None = None
+        self._pos = 0  # values read so far
+        try:
+            self._fh = self._zip.open(key + ".npy")
+            version = np.lib.format.read_magic(self._fh)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            shape, fortran, dtype = header(self._fh) if header is not None else ((), True, None)
+            if fortran or dtype is None or dtype.hasobject:  # not what segpipe writes: load it whole
+                self._fh.close()
+                self._fh = None
+                with np.load(self.path, allow_pickle=False) as npz:
+                    array = npz[key]
+                shape, dtype = array.shape, array.dtype
+                self._array = np.ascontiguousarray(array).reshape(-1)
+        except BaseException:
+            self.close()
+            raise
+        self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
+        self.dtype: np.dtype = np.dtype(dtype)
+
+    def read(self, shape: Sequence[int]) -> np.ndarray:
+        """The next ``prod(shape)`` stored values as an array of ``shape`` (stored dtype, a new array)."""
+        count = int(np.prod(shape, dtype=np.int64))
+        if self._pos + count > int(np.prod(self.shape, dtype=np.int64)):
+            raise ValueError(f"{self.path.name}: reading past the end of the saved probabilities {self.shape}")
+        if self._array is not None:
+            out = self._array[self._pos:self._pos + count].copy().reshape(tuple(shape))
+        else:
+            out = np.empty(tuple(shape), dtype=self.dtype)
+            view = out.reshape(-1).view(np.uint8).data  # a memoryview of out's bytes
+            filled = 0
+            while filled < out.nbytes:  # in pieces: zipfile reads through a bytes copy of what is asked for
+                n = self._fh.readinto(view[filled:filled + READ_PIECE_BYTES])
+                if not n:
+                    raise ValueError(f"{self.path.name}: the saved probabilities end early (damaged file)")
+                filled += n
+        self._pos += count
+        return out
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._zip.close()
+
+    def __enter__(self) -> ProbabilitiesReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ensemble_label_map(paths: Sequence[str | Path]) -> np.ndarray:
+    """The label map of one case from the saved probabilities of several configurations (``.npz`` files of
+    :func:`export_prediction`, each ``(n_classes, *raw shape)``, e.g. ``(c, z, y, x)``): the argmax over classes
+    of their mean, ``(*raw shape)``, uint8 (uint16 beyond 256 classes).
+
+    The result is identical to ``label_map(np.mean([np.load(p)["probabilities"].astype(np.float32) for p in
+    paths], axis=0))`` (float32 sums in the order of ``paths``, divided as ``np.mean`` divides, first class on
+    ties), but the files are streamed (:class:`ProbabilitiesReader`) class by class and slab by slab: peak memory
+    is one float32 and one label volume of the raw shape (the running maximum and argmax) and a few slabs, not
+    the whole probabilities of each configuration."""
+    if not paths:
+        raise ValueError("no probabilities to ensemble")
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(ProbabilitiesReader(p)) for p in paths]
+        shape = readers[0].shape
+        for r in readers[1:]:
+            if r.shape != shape:
+                raise ValueError(f"saved probabilities of shapes {shape} ({readers[0].path}) and {r.shape} "
+                                 f"({r.path}) cannot be averaged")
+        if len(shape) < 2:
+            raise ValueError(f"{readers[0].path}: probabilities of shape {shape}, expected (n_classes, *spatial)")
+        n_classes, spatial = shape[0], shape[1:]
+        plane = spatial[1:]
+        rows = _slab_rows(int(np.prod(plane, dtype=np.int64)))
+        count = np.intp(len(readers))  # np.mean's divisor, so that the quotient rounds as np.mean's does
+        seg = np.zeros(spatial, dtype=_label_dtype(n_classes))
+        best = np.empty(spatial, dtype=np.float32)
+        for c in range(n_classes):
+            for s in range(0, spatial[0], rows):
+                e = min(s + rows, spatial[0])
+                acc = readers[0].read((e - s, *plane)).astype(np.float32)
+                for r in readers[1:]:  # float16 -> float32 is exact: the same sums as adding float32 copies
+                    np.add(acc, r.read((e - s, *plane)), out=acc, dtype=np.float32)
+                np.true_divide(acc, count, out=acc, casting="unsafe")
+                b = best[s:e]
+                if c == 0:
+                    b[...] = acc
+                else:
+                    seg[s:e][acc > b] = c
+                    np.maximum(b, acc, out=b)
+        return seg
+
+
 def _write_label_map(seg: np.ndarray, geometry: Geometry | GeometryDict | dict, out_path: str | Path,
                      postprocess: dict | None, labels: dict[str, int] | None) -> np.ndarray:
     if postprocess:
@@ -150,11 +289,13 @@ def _as_tensor(probs: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 class _Case:
-    """The geometry of one case's export, checked across the parts (configurations) being averaged."""
+    """The geometry of one case's export, checked across the parts (configurations) being averaged, and one
+    resampler per part with the orders of that part's ``resampling`` (its configuration's plan entry)."""
 
-    def __init__(self, parts: Parts):
+    def __init__(self, parts: Parts, resampling: Sequence[Resampling] | Resampling | None = None):
         if not parts:
             raise ValueError("no probabilities to export")
+        resamplings = _resamplings(parts, resampling)
         self.parts = [(_as_tensor(p), props) for p, props in parts]
         props0 = self.parts[0][1]
         self.case = props0.get("case")
@@ -165,7 +306,7 @@ class _Case:
         self.ndim = int(props0.get("ndim", 3))
         self.raw_shape = tuple(int(s) for s in props0["geometry"]["shape"])
         self.resamplers = []
-        for probs, props in self.parts:
+        for (probs, props), rs in zip(self.parts, resamplings):
             if probs.ndim != 4:
                 raise ValueError(f"probabilities must be (n_classes, Z, Y, X), got shape {tuple(probs.shape)}")
             expected = [int(s) for s in props["shape_after_resampling"]]
@@ -179,7 +320,8 @@ class _Case:
                     or tuple((int(a), int(b)) for a, b in props["crop_bbox"]) != self.box):
                 raise ValueError(f"the configurations' preprocessing records of case {self.case} disagree on the "
                                  "crop")
-            orders = probability_orders(props["target_spacing"], props["spacing"])
+            # back from the configuration's spacing to the case's (mm, (z, y, x)), with the plan's orders
+            orders = probability_orders(props["target_spacing"], props["spacing"], rs)
             self.resamplers.append(SlabResampler(probs.shape[1:], self.crop_shape, orders))
         out_shape = self.full_shape[1:] if self.ndim == 2 else self.full_shape
         if out_shape != self.raw_shape:
@@ -208,7 +350,8 @@ class _Case:
 
 def export_prediction(parts: Parts, out_path: str | Path | None = None,
                       geometry: Geometry | GeometryDict | dict | None = None, save_probabilities: bool = False,
-                      postprocess: dict | None = None, labels: dict[str, int] | None = None) -> np.ndarray:
+                      postprocess: dict | None = None, labels: dict[str, int] | None = None,
+                      resampling: Sequence[Resampling] | Resampling | None = None) -> np.ndarray:
     """The label map (raw shape) of one case from its probabilities at the configurations' spacings.
 
     ``parts``: ``(probabilities (n_classes, Z, Y, X), props)`` per configuration (one for a single model; an
@@ -218,9 +361,11 @@ def export_prediction(parts: Parts, out_path: str | Path | None = None,
     ``out_path`` (atomically, format by ending) with ``geometry`` (default: the record's), post-processed by a
     stored ``postprocess`` choice (needs ``labels``) when given, and with the probabilities (float16, key
     ``probabilities``, ``(n_classes, *raw shape)``, compressed) streamed into ``<out_path without ending>.npz``
-    when ``save_probabilities``. Peak memory beyond the inputs: one float32 and one label volume of the cropped
-    shape, and a few slabs."""
-    case = _Case(parts)
+    when ``save_probabilities``. ``resampling``: the plan's resampling of each part's configuration (one per
+    part, in order; or one for all), whose orders resample that part back (None: the planner's default,
+    :data:`PLANNER_DEFAULT_RESAMPLING`). Peak memory beyond the inputs: one float32 and one label volume of the
+    cropped shape, and a few slabs."""
+    case = _Case(parts, resampling)
     n = case.n_classes
     seg_crop = torch.zeros(case.crop_shape, dtype=torch.uint8 if n <= 256 else torch.int32)
     best = torch.empty(case.crop_shape, dtype=torch.float32)
@@ -275,13 +420,15 @@ def _write_class_slab(write: Callable[[np.ndarray], None], case: _Case, c: int, 
     write(block)
 
 
-def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict) -> np.ndarray:
+def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict,
+                              resampling: Resampling | None = None) -> np.ndarray:
     """Probabilities ``(n_classes, Z, Y, X)`` at the target spacing -> ``(n_classes, *raw_shape)`` float32.
 
-    ``props`` is the preprocessing record of the case (crop box, shapes, spacings, raw geometry). For 2D
+    ``props`` is the preprocessing record of the case (crop box, shapes, spacings, raw geometry); ``resampling``
+    the configuration's plan entry whose orders are used (None: :data:`PLANNER_DEFAULT_RESAMPLING`). For 2D
     data (``props['ndim'] == 2``) the singleton Z axis is removed. This makes the whole array (one float32
     copy of all classes at the raw shape): the prediction path uses :func:`export_prediction` instead."""
-    case = _Case([(probs, props)])
+    case = _Case([(probs, props)], resampling)
     full = np.zeros((case.n_classes,) + case.full_shape, dtype=np.float32)
     full[0] = 1.0
     (z0, _), (y0, y1), (x0, x1) = case.box
@@ -292,9 +439,12 @@ def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict) -> 
 
 
 def export_label_map(probs: torch.Tensor | np.ndarray, props: dict, out_path: str | Path | None = None,
-                     save_probabilities: bool = False) -> np.ndarray:
+                     save_probabilities: bool = False, resampling: Resampling | None = None) -> np.ndarray:
     """The label map (argmax, uint8, raw shape) of ``probs`` (at the target spacing) in the raw geometry;
     written to ``out_path`` (atomically, format by ending) when given, with the probabilities (float16, key
     ``probabilities``, ``(n_classes, *raw shape)``) in ``<out_path without ending>.npz`` when
-    ``save_probabilities``. One configuration's :func:`export_prediction`."""
-    return export_prediction([(probs, props)], out_path, props["geometry"], save_probabilities)
+    ``save_probabilities``. ``resampling``: the configuration's plan entry (``config.resampling``), whose orders
+    resample the probabilities back (None: :data:`PLANNER_DEFAULT_RESAMPLING`). One configuration's
+    :func:`export_prediction`."""
+    return export_prediction([(probs, props)], out_path, props["geometry"], save_probabilities,
+                             resampling=resampling)

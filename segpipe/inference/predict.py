@@ -2,9 +2,10 @@
 
 Each input case is read like onboarding reads images, preprocessed exactly as in training, predicted by every
 requested fold (sliding window, Gaussian weighting, optional mirroring), the softmax averaged over folds (and
-over configurations for an ensemble), resampled back and un-cropped into the original geometry, optionally
-post-processed, and written as ``<case><ending>`` (plus ``<case>.npz`` probabilities on request). Cases are
-preprocessed and exported in worker processes while the network predicts.
+over configurations for an ensemble), resampled back with each configuration's own plan orders
+(``Configuration.resampling``) and un-cropped into the original geometry, optionally post-processed, and written
+as ``<case><ending>`` (plus ``<case>.npz`` probabilities on request). Cases are preprocessed and exported in
+worker processes while the network predicts.
 
 Memory (issue 12): the network side holds one float32 array of all classes at the configuration's spacing per
 configuration (the folds and mirrorings are summed into it in place); export resamples it back class by class and
@@ -20,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from segpipe.io.atomic import TMP_PREFIX, remove_stale_temporaries
 from segpipe.io.images import GeometryDict, file_ending
 from segpipe.networks import build_network
 from segpipe.parallel import CasePool, CaseTask, case_failures_error
-from segpipe.planning.plans import Configuration
+from segpipe.planning.plans import Configuration, Resampling
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.progress import CaseProgress
 from segpipe.training.checkpoint import check_compatible, load_checkpoint
@@ -49,13 +51,15 @@ HANDOVER_BYTES = 64 << 20  # larger probabilities reach an export worker through
 
 @dataclass
 class Model:
-    """The networks of one configuration (one per fold) and its plan entry; for a cascade stage, the previous
-    stage's model (run first; its segmentation becomes one-hot input channels for ``foreground`` labels)."""
+    """The networks of one configuration (one per fold, ``folds`` naming them in the same order) and its plan
+    entry; for a cascade stage, the previous stage's model (run first; its segmentation becomes one-hot input
+    channels for ``foreground`` labels)."""
 
     config: Configuration
     networks: list[torch.nn.Module]
     previous: Model | None = None
     foreground: tuple[int, ...] = ()
+    folds: tuple[str, ...] = ()
 
     @property
     def config_name(self) -> str:
@@ -78,7 +82,7 @@ def load_model(results_root: Path, config: Configuration, folds: list[str], n_ch
         net = build_network(config.network, n_channels, n_classes, deep_supervision=False)
         net.load_state_dict(state["network"])
         nets.append(net.to(device).eval())
-    return Model(config, nets)
+    return Model(config, nets, folds=tuple(str(f) for f in folds))
 
 
 def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], GeometryDict]:
@@ -97,12 +101,14 @@ def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], GeometryDict]:
 
 
 def _export(args) -> str:
-    """Worker: average the configurations' probabilities in the raw geometry, post-process, write."""
-    parts, geo, out_path, postprocess, save_probs, labels = args
+    """Worker: average the configurations' probabilities in the raw geometry, post-process, write. Each
+    configuration's probabilities are resampled back with the orders of its own plan entry (``resampling``,
+    one :class:`~segpipe.planning.plans.Resampling` per part)."""
+    parts, geo, out_path, postprocess, save_probs, labels, resampling = args
     if multiprocessing.parent_process() is not None:  # a worker: the cores are the network's (as in training)
         torch.set_num_threads(1)
     loaded = [(np.load(p, mmap_mode="r") if isinstance(p, (str, Path)) else p, props) for p, props in parts]
-    export_prediction(loaded, out_path, geo, save_probs, postprocess, labels)
+    export_prediction(loaded, out_path, geo, save_probs, postprocess, labels, resampling)
     return str(out_path)
 
 
@@ -192,7 +198,8 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                         prev_data, prev_props = next(extra)
                         prev = predict_case(model.previous, prev_data, len(spec.labels), mirror, device, batch_size,
                                             amp_dtype)
-                        prev_label = export_prediction([(prev, prev_props)])
+                        prev_label = export_prediction([(prev, prev_props)],
+                                                       resampling=[model.previous.config.resampling])
                         del prev
                         pdata = cascade_input(pdata, props, model.config, prev_label, model.foreground)
                     probs = predict_case(model, pdata, len(spec.labels), mirror, device, batch_size, amp_dtype)
@@ -211,8 +218,9 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                 bar.update(cid, failed=True)
                 continue
             del prepared, value
+            resampling = [m.config.resampling for m in models]  # one per part, in the order of ``parts``
             exporting.append((pool.submit(_export, (parts, geo, out_path, postprocess, save_probabilities,
-                                                    spec.labels), cid), handed))
+                                                    spec.labels, resampling), cid), handed))
             del parts
             finish_exports(keep=max(0, workers - 1))
         finish_exports(keep=0)
@@ -243,7 +251,9 @@ def predict_case(model: Model, pdata: np.ndarray, n_classes: int, mirror: bool, 
 
 def export_case(parts: list[tuple[torch.Tensor | np.ndarray, dict]], geometry: GeometryDict | dict,
                 out_path: Path, save_probabilities: bool = False, postprocess: dict | None = None,
-                labels: dict[str, int] | None = None) -> np.ndarray:
+                labels: dict[str, int] | None = None,
+                resampling: Sequence[Resampling] | None = None) -> np.ndarray:
     """Write one case's label map (and probabilities) from ``(probabilities, props)`` per configuration, as
-    :func:`predict_folder` does; returns the label map. (:func:`export_prediction` with predict's arguments.)"""
-    return export_prediction(parts, out_path, geometry, save_probabilities, postprocess, labels)
+    :func:`predict_folder` does; returns the label map. ``resampling``: each configuration's plan entry
+    (``config.resampling``, one per part). (:func:`export_prediction` with predict's arguments.)"""
+    return export_prediction(parts, out_path, geometry, save_probabilities, postprocess, labels, resampling)

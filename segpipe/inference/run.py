@@ -8,7 +8,7 @@ from segpipe import records
 from segpipe.dataset.store import load_dataset
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import fail
-from segpipe.inference.predict import load_model, predict_folder
+from segpipe.inference.predict import Model, load_model, predict_folder
 from segpipe.io.jsonio import read_json
 from segpipe.locking import locked
 from segpipe.planning.plans import Configuration, load_plans
@@ -75,12 +75,13 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
         model.previous, model.foreground = previous, foreground
         models.append(model)
         _check_folds_plan(ws, c, cfg, fs)  # after load_model, which names a changed network more precisely
-    def folds_of(name: str, given: list[str] | None) -> str:
-        return ", ".join(str(f) for f in (given or trained_folds(ws, name, checkpoint)))
 
-    desc = " + ".join((f"{m.previous.config_name} (folds {folds_of(m.previous.config_name, None)}) -> "
-                       if m.previous is not None else "") + f"{m.config_name} (folds {folds_of(m.config_name, folds)})"
-                      for m in models)
+    def folds_of(m: Model) -> str:
+        """The folds ``m`` was loaded with: each configuration's trained folds are looked up once, above."""
+        return ", ".join(m.folds)
+
+    desc = " + ".join((f"{m.previous.config_name} (folds {folds_of(m.previous)}) -> " if m.previous is not None
+                       else "") + f"{m.config_name} (folds {folds_of(m)})" for m in models)
     if postprocess and (postprocess.get("foreground") or postprocess.get("classes")):
         desc += f", post-processing {postprocess}"
     written = predict_folder(spec, models, input_dir, output_dir, dev, mirror=mirror,

@@ -29,7 +29,8 @@ MAX_SECONDS_PER_CANDIDATE = 6.0   # a candidate whose warm-up alone takes longer
 
 
 def machine_description(device: torch.device, precision: str) -> dict[str, Any]:
-    """What a calibration is valid for: device kind and name, threads, torch version, precision."""
+    """What a calibration is valid for: device kind and name, threads, torch version, precision (as asked and the
+    autocast dtype it resolved to: what ``auto`` means can differ between machines and segpipe versions)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -42,7 +43,7 @@ def machine_description(device: torch.device, precision: str) -> dict[str, Any]:
         except OSError:
             pass
     return {"device": device.type, "name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "precision": precision}
+            "precision": precision, "autocast": str(autocast_dtype(device, precision)).replace("torch.", "")}
 
 
 def candidate_key(network_plan: Mapping[str, Any], patch: Sequence[int], batch: int, n_channels: int,

@@ -7,10 +7,10 @@ processes: one that dies raises an error in the trainer instead of hanging it.
 """
 from __future__ import annotations
 
-import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from segpipe.errors import fail
 from segpipe.preprocessing.cascade import one_hot_channels
-from segpipe.training.augmentation import augmentation_patch_size, center_crop, training_transforms
+from segpipe.training.augmentation import augmented_sample
 from segpipe.training.sampling import crop_padded, patch_box
 
 FOREGROUND_FRACTION = 1 / 3  # the last third of every batch is centred on foreground
@@ -110,30 +110,28 @@ def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, 
                stream: int = 0) -> dict[str, np.ndarray]:
     """Batch number ``index``: ``{"data": (b, c, *patch) float32, "seg": (b, 1, *patch) int16}``.
 
-    ``stream`` separates independent streams (training 0, validation 1, DDP ranks offset further).
+    ``stream`` separates independent streams (training 0, validation 1, DDP ranks offset further). With
+    ``augment`` each sample goes through :func:`segpipe.training.augmentation.augmented_sample`, which reads from
+    disk only the box its rotated and scaled patch covers.
     """
     rng = batch_rng(seed, index, stream)
-    crop = augmentation_patch_size(patch) if augment else list(patch)
     n_plain = round(batch_size * (1 - FOREGROUND_FRACTION))
     data, seg = [], []
     for b in range(batch_size):
         cid = store.case_ids[int(rng.integers(len(store.case_ids)))]
         info = store.info(cid)
-        lower, size = patch_box(info.shape[1:], info.class_locations, crop, force_fg=b >= n_plain, rng=rng)
-        d, s = store.read_patch(cid, lower, size)
-        if len(crop) == 2:  # a 2D patch is a box one slice thick
-            d, s = d[:, 0], s[:, 0]
+        lower, size = patch_box(info.shape[1:], info.class_locations, patch, force_fg=b >= n_plain, rng=rng)
+        read = partial(store.read_patch, cid)
+        if augment:
+            d, s = augmented_sample(read, lower, size, patch, rng)
+        else:
+            d, s = read(lower, size)
+            if len(patch) == 2:  # a 2D patch is a box one slice thick
+                d, s = d[:, 0], s[:, 0]
         data.append(d)
         seg.append(s)
-    batch = {"data": np.stack(data), "seg": np.stack(seg).astype(np.float32)}
-    if augment:
-        aug_seed = int(rng.integers(2 ** 31))
-        np.random.seed(aug_seed)  # batchgenerators draws from numpy's global generator
-        random.seed(aug_seed)
-        batch = training_transforms(list(patch))(**batch)
-    else:
-        batch = center_crop(batch, patch)
-    out = {"data": batch["data"].astype(np.float32, copy=False), "seg": np.rint(batch["seg"]).astype(np.int16)}
+    out: dict[str, np.ndarray] = {"data": np.stack(data).astype(np.float32, copy=False),
+                                  "seg": np.stack(seg).astype(np.int16)}
     if store.cascade is not None:
         out = move_previous_stage_to_data(out, store.cascade.foreground)
     return out

@@ -6,9 +6,15 @@ Backend: NCCL on CUDA, gloo on CPU. Without ``torchrun`` (WORLD_SIZE unset or 1)
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# Ranks other than 0 wait at a barrier while rank 0 runs the fold's whole final validation (hours on a large data
+# set); torch's default collective timeout (10 min for NCCL) would kill them. A dead rank still ends the job: torchrun
+# stops the others when one process exits.
+COLLECTIVE_TIMEOUT = timedelta(hours=24)
 
 
 def world_size() -> int:
@@ -20,7 +26,7 @@ def init(device_type: str) -> tuple[int, int, int]:
     if world_size() <= 1:
         return 0, 1, 0
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(local)

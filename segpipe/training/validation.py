@@ -68,7 +68,8 @@ def validate_fold(network: torch.nn.Module, config: Configuration, spec: Dataset
                                            mirror_axes=mirror_axes_for(len(patch)) if mirror else None,
                                            batch_size=config.batch_size, device=device,
                                            amp=amp_dtype is not None, amp_dtype=amp_dtype)
-            pred = export_label_map(probs, props, out_dir / f"{cid}{spec.file_ending}", save_probabilities=True)
+            pred = export_label_map(probs, props, out_dir / f"{cid}{spec.file_ending}", save_probabilities=True,
+                                    resampling=config.resampling)
             ref, geo = read_label(spec, raw_root, spec.case(cid))
             per_case[cid] = case_metrics(pred, np.rint(ref).astype(np.int16), labels, geo.spacing, surface=False)
         bar.update(cid)

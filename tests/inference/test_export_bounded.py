@@ -4,6 +4,7 @@ scipy computation it replaced (2D and 3D, isotropic and anisotropic, ensembles),
 by ``segpipe select``, and predict's hand-over of probabilities to export workers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import segpipe.inference.predict as predict_module
 from segpipe.cli import main
 from segpipe.evaluation.selection import candidate_configs, case_predictions
 from segpipe.inference.export import (
+    PLANNER_DEFAULT_RESAMPLING,
     export_label_map,
     export_prediction,
     label_map,
@@ -31,8 +33,9 @@ from segpipe.inference.export import (
     probabilities_to_original,
     write_prediction,
 )
-from segpipe.inference.resample_torch import SlabResampler, axis_map, probability_orders
+from segpipe.inference.resample_torch import SlabResampler, axis_map, cubic_axis_map, kernel, probability_orders
 from segpipe.io.images import read_image
+from segpipe.planning.plans import Resampling
 from segpipe.preprocessing.resampling import new_shape, resample_image
 
 IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
@@ -112,7 +115,7 @@ def test_axis_map_matches_scipy_zoom_1d(n_in, n_out, order):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_resampler_matches_scipy(name):
     probs, props = make_case(name, n_classes=3)
-    orders = probability_orders(props["target_spacing"], props["spacing"])
+    orders = probability_orders(props["target_spacing"], props["spacing"], PLANNER_DEFAULT_RESAMPLING)
     expected_coarse = {"3d_anisotropic_z": (0, 1, 1), "3d_anisotropic_y": (1, 0, 1), "2d": (0, 1, 1)}
     assert orders == expected_coarse.get(name, (1, 1, 1))
     ref = resample_image(probs, props["target_spacing"], props["spacing"], shape=props["shape_after_crop"], order=1)
@@ -317,6 +320,130 @@ def test_peak_memory_of_prediction_and_export(tmp_path):
     assert m["sliding_window_growth"] < 2 * m["target_copy"], m
     assert m["export_growth"] < 1.0 * m["raw_copy"], m
     assert sum(m["labels"]) == 60 * 256 * 256
+
+
+# --- the orders come from the plan's resampling (issue 12) ----------------------------------------------------
+
+def plan_resampling(**changes) -> Resampling:
+    """The planner's resampling entry with ``changes`` (as a hand-edited or plug-in plan would have it)."""
+    return dataclasses.replace(PLANNER_DEFAULT_RESAMPLING, **changes)
+
+
+def scipy_reference(probs: np.ndarray, props: dict, rs: Resampling) -> np.ndarray:
+    """What preprocessing's scipy resampling with the plan's entry ``rs`` gives for probabilities, pasted into
+    the raw shape (background outside the crop box): ``(n_classes, *raw shape)`` float32, not renormalised."""
+    out = resample_image(np.asarray(probs, dtype=np.float32), props["target_spacing"], props["spacing"],
+                         shape=props["shape_after_crop"], order=rs.label_order,
+                         anisotropy_threshold=rs.anisotropy_threshold, axis_order=rs.coarse_axis_order)
+    full = np.zeros((probs.shape[0],) + tuple(props["shape_before_crop"]), dtype=np.float32)
+    full[0] = 1.0
+    full[(slice(None),) + tuple(slice(a, b) for a, b in props["crop_bbox"])] = out
+    return full[:, 0] if props["ndim"] == 2 else full
+
+
+def test_the_planner_default_is_what_the_planner_writes():
+    from segpipe.planning.planner import _resampling
+
+    assert PLANNER_DEFAULT_RESAMPLING.to_json() == {k: v for k, v in _resampling([1.0, 1.0, 1.0]).items()
+                                                   if k != "why"}
+
+
+def test_probability_orders_follow_the_plan():
+    _, props = make_case("3d_anisotropic_z")  # z 5.0 mm -> 4.0 mm, in-plane 0.8 -> 1.2 mm: z is coarse
+    back = (props["target_spacing"], props["spacing"])
+    assert probability_orders(*back, PLANNER_DEFAULT_RESAMPLING) == (0, 1, 1)
+    assert probability_orders(*back, plan_resampling(anisotropy_threshold=10.0)) == (1, 1, 1)  # not anisotropic
+    assert probability_orders(*back, plan_resampling(coarse_axis_order=1)) == (1, 1, 1)
+    assert probability_orders(*back, plan_resampling(label_order=0)) == (0, 0, 0)
+    assert probability_orders(*back, plan_resampling(label_order=3)) == (0, 3, 3)
+    with pytest.raises(ValueError, match="order 6"):
+        probability_orders(*back, plan_resampling(label_order=6))
+    assert [kernel(o) for o in range(6)] == ["nearest", "linear", "cubic", "cubic", "cubic", "cubic"]
+
+
+@pytest.mark.parametrize("changes", [{}, {"anisotropy_threshold": 10.0}, {"coarse_axis_order": 1},
+                                     {"label_order": 0}])
+def test_export_resamples_with_the_plans_orders(changes, tmp_path):
+    """Export resamples back with the configuration's own orders: the same numbers as preprocessing's scipy
+    resampling with that plan entry (and, for a changed entry, not the default's)."""
+    probs, props = make_case("3d_anisotropic_z", n_classes=4, seed=11)
+    rs = plan_resampling(**changes)
+    ref = scipy_reference(probs, props, rs)
+    full = probabilities_to_original(probs, props, rs)
+    np.testing.assert_allclose(full, ref, rtol=0, atol=2e-6)
+    if changes:
+        default = probabilities_to_original(probs, props)
+        assert np.abs(default - ref).max() > 1e-2  # the plan's entry matters
+    out = tmp_path / "case.nii.gz"
+    seg = export_label_map(probs, props, out, save_probabilities=True, resampling=rs)
+    assert agreement(seg, np.argmax(ref, axis=0)) >= 0.999
+    assert np.array_equal(seg, export_prediction([(probs, props)], resampling=[rs]))
+    with np.load(probabilities_path(out)) as f:
+        np.testing.assert_allclose(f["probabilities"].astype(np.float32), ref, rtol=0, atol=1e-3)
+
+
+def test_an_ensemble_resamples_each_configuration_with_its_own_entry():
+    a, props_a = make_case("3d_anisotropic_z", n_classes=3, seed=12)
+    b, props_b = make_case("3d_anisotropic_z", n_classes=3, seed=13, target=(5.0, 1.0, 1.0))
+    rs_a, rs_b = plan_resampling(label_order=0), plan_resampling(coarse_axis_order=1)
+    full = np.mean([scipy_reference(a, props_a, rs_a), scipy_reference(b, props_b, rs_b)], axis=0)
+    seg = export_prediction([(a, props_a), (b, props_b)], resampling=[rs_a, rs_b])
+    assert agreement(seg, np.argmax(full, axis=0)) >= 0.999
+    swapped = export_prediction([(a, props_a), (b, props_b)], resampling=[rs_b, rs_a])
+    assert not np.array_equal(seg, swapped)
+    with pytest.raises(ValueError, match="one per configuration"):
+        export_prediction([(a, props_a), (b, props_b)], resampling=[rs_a])
+
+
+def test_cubic_convolution_for_orders_above_one():
+    """Orders 2 to 5 resample with cubic convolution: it interpolates, reproduces quadratics, does not depend
+    on the slab size, and is closer to scipy's cubic spline than linear interpolation is."""
+    idx, w = cubic_axis_map(10, 23)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0, atol=1e-12)
+    assert idx.shape == (4, 23) and idx.min() >= 0 and idx.max() <= 9
+    x = np.arange(10, dtype=np.float64)
+    cc = (np.arange(23) + 0.5) * 10 / 23 - 0.5
+    inner = (cc >= 1) & (cc <= 8)  # all 4 taps inside the array
+    q = 0.3 * x ** 2 - 2 * x + 1
+    np.testing.assert_allclose((q[idx] * w).sum(axis=0)[inner], (0.3 * cc ** 2 - 2 * cc + 1)[inner], atol=1e-9)
+    same_idx, same_w = cubic_axis_map(7, 7)  # no resampling: the samples themselves
+    np.testing.assert_allclose((x[:7][same_idx] * same_w).sum(axis=0), x[:7], atol=1e-12)
+
+    from scipy.ndimage import zoom
+    field = gaussian_filter(np.random.default_rng(14).standard_normal((20, 30, 25)), 3)
+    field = (field / np.abs(field).max()).astype(np.float32)
+    out = (30, 45, 20)
+    factors = [o / i for o, i in zip(out, field.shape)]
+    spline = zoom(field, factors, order=3, mode="nearest", grid_mode=True)
+    linear = zoom(field, factors, order=1, mode="nearest", grid_mode=True)
+    r = SlabResampler(field.shape, out, (3, 3, 3))
+    got = r(torch.from_numpy(field)).numpy()
+    np.testing.assert_allclose(r(torch.from_numpy(field), slab=4).numpy(), got, rtol=0, atol=1e-6)
+    assert np.abs(got - spline).max() < 0.5 * np.abs(linear - spline).max()
+
+
+def test_export_with_an_order_3_plan():
+    probs, props = make_case("3d_isotropic", n_classes=3, seed=15)
+    full = probabilities_to_original(probs, props, plan_resampling(label_order=3))
+    np.testing.assert_allclose(full.sum(axis=0), 1.0, atol=1e-5)  # cubic weights sum to 1
+    linear = probabilities_to_original(probs, props)
+    assert 0 < np.abs(full - linear).max() < 0.5
+    assert agreement(np.argmax(full, axis=0), np.argmax(linear, axis=0)) >= 0.99
+
+
+def test_an_ensemble_without_resampling_leaves_its_inputs_alone():
+    """Where a part needs no resampling at all (the case already at the configuration's spacing), its slabs are
+    copies: averaging adds into them, never into the caller's (possibly read-only, memory-mapped) array."""
+    probs, props = make_case("3d_isotropic", n_classes=3, seed=16, target=(1.0, 1.0, 1.0))
+    assert list(probs.shape[1:]) == list(props["shape_after_crop"])
+    other = smooth_probabilities(probs.shape[1:], 3, seed=17)
+    a, b = probs.copy(), other.copy()
+    seg = export_prediction([(a, props), (b, props)])
+    assert np.array_equal(a, probs) and np.array_equal(b, other)
+    full = np.zeros((3,) + tuple(props["shape_before_crop"]), dtype=np.float32)
+    full[0] = 1
+    full[(slice(None),) + tuple(slice(x, y) for x, y in props["crop_bbox"])] = (probs + other) / 2
+    assert agreement(seg, np.argmax(full, axis=0)) >= 0.999
 
 
 # --- predict hands large probabilities to export workers through a temporary file -----------------------------
