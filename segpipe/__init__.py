@@ -11,6 +11,22 @@ Conventions used everywhere in the package:
   Spacing is in millimetres, shapes and patch sizes in voxels.
 * Physical-space vectors (origin, direction) keep SimpleITK's ``(x, y, z)`` order, as in the files.
 """
+from typing import Any
+
 from segpipe._version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["Predictor", "__version__", "api"]
+
+
+def __getattr__(name: str) -> Any:
+    """``segpipe.Predictor`` and ``segpipe.api`` (the stage functions), imported on first use: ``import segpipe``
+    alone stays light (no torch)."""
+    if name == "Predictor":
+        from segpipe.inference.predictor import Predictor
+
+        return Predictor
+    if name == "api":
+        import importlib
+
+        return importlib.import_module("segpipe.api")
+    raise AttributeError(f"module 'segpipe' has no attribute {name!r}")

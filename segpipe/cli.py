@@ -93,7 +93,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     plans, skipped = run_plan(ws, memory_gb=a.memory_gb, spacing=a.spacing, patch_size=a.patch_size,
                               batch_size=a.batch_size, config=a.config, network=a.network, force=a.force,
                               budget_s=parse_duration(a.budget) if a.budget else None, device=a.device,
-                              precision=a.precision)
+                              precision=a.precision, like=a.like)
     print(summarize(plans, explain=a.explain))
     print(f"{ws.plans_json}: {'unchanged, skipped' if skipped else 'written'}")
     return 0
@@ -140,7 +140,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, started_at=None)
         res = run_train(ws, config, fold, settings, trainer=a.trainer,
                         resume=True if a.resume else (False if a.no_resume else None), force=a.force,
-                        validate=not a.no_validation)
+                        validate=not a.no_validation, init_from=a.init_from, init_mode=a.init_mode)
         st, v = res["state"], res["validation"]
         line = (f"{config} fold {fold}: {st['epoch']} epochs, {st['iteration']} iterations, "
                 f"{st['elapsed_s'] / 60:.1f} min -> {res['out']}")
@@ -219,6 +219,41 @@ def cmd_select(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_model(a: argparse.Namespace) -> int:
+    from segpipe.inference.package import export_model
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    manifest = export_model(ws, Path(a.output), a.config, [str(f) for f in a.folds] if a.folds else None,
+                            best=a.best, force=a.force)
+    models = ", ".join(f"{c} (folds {', '.join(fs)})" for c, fs in manifest["configurations"].items())
+    print(f"{a.output}: {models}, {len(manifest['files'])} files with checksums")
+    return 0
+
+
+def cmd_export_network(a: argparse.Namespace) -> int:
+    from segpipe.inference.network_export import export_torchscript
+    from segpipe.planning.plans import load_plans
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    config = a.config or load_plans(ws).default_configuration
+    r = export_torchscript(ws, config, a.fold, Path(a.output), checkpoint=a.checkpoint, force=a.force)
+    print(f"{r['file']}: TorchScript of {r['config']} fold {r['fold']}, input {r['input_shape']}; matches the "
+          f"PyTorch network on {r['checked_on']} (max abs difference {r['max_abs_difference']:.1e})")
+    return 0
+
+
+def cmd_import_model(a: argparse.Namespace) -> int:
+    from segpipe.inference.package import import_model
+    from segpipe.workspace import default_root
+
+    ws = import_model(Path(a.package), Path(default_root(a.workspace)), a.name, force=a.force)
+    print(f"{a.package}: installed as data set '{ws.dataset}' in {ws.root}; predict with "
+          f"`segpipe predict -w {ws.root} -n {ws.dataset} -i IN -o OUT`")
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from segpipe.pipeline import run_all
     from segpipe.workspace import default_root
@@ -227,7 +262,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     options, copy, allow_external_links, force = parse_onboard_args(a.source, a.name, a.onboard_args or [])
     run_all(a.source, Path(root), name=a.name, configs=a.config, folds=a.folds, budget=a.budget,
             epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers, device=a.device,
-            batch_size=a.batch_size, options=options, copy=copy, allow_external_links=allow_external_links,
+            precision=a.precision, batch_size=a.batch_size, options=options, copy=copy,
+            allow_external_links=allow_external_links,
             force_onboard=force, echo=print)
     return 0
 
@@ -312,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--budget", help="training time per fold, e.g. 20m: measure this machine and choose the "
                     "configuration expected to learn most in it (default: nnU-Net's plans, no measurement)")
     _add_device(pl)
+    pl.add_argument("--like", metavar="WORKSPACE/DATASET", help="use another planned data set's plans unchanged "
+                    "(its folder or its plans.json), e.g. to fine-tune its model on this data set")
     pl.add_argument("--explain", action="store_true", help="print the reason for every choice")
     pl.add_argument("--force", action="store_true", help="re-run even when the inputs did not change")
     pl.set_defaults(func=cmd_plan)
@@ -351,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished run")
     t.add_argument("--force", action="store_true", help="discard this fold's results and train from scratch")
     t.add_argument("--no-validation", action="store_true", help="skip the final full-volume validation")
+    t.add_argument("--init-from", metavar="CHECKPOINT", help="fine-tune: start from this checkpoint's weights "
+                   "(those whose shapes fit; report in the fold's init_report.json); plan with `segpipe plan "
+                   "--like` the pretrained model's data set so that they do")
+    t.add_argument("--init-mode", choices=["full", "encoder"], default="full", help="with --init-from: load every "
+                   "fitting weight (full) or the encoder's only")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="segment new images with trained folds (ensembled), in their own geometry")
@@ -402,6 +445,30 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--config", "-c", nargs="+", help="configurations to consider (default: all planned)")
     se.set_defaults(func=cmd_select)
 
+    ex = sub.add_parser("export-model", help="write a trained model (plans, checkpoints, selection) as one zip")
+    _add_ws(ex)
+    ex.add_argument("--output", "-o", required=True, help="the zip file to write")
+    ex.add_argument("--config", "-c", nargs="+", help="configurations (default: the plan's default)")
+    ex.add_argument("--folds", "-f", nargs="+", help="folds (default: every trained fold)")
+    ex.add_argument("--best", action="store_true", help="`segpipe select`'s choice of configurations and folds")
+    ex.add_argument("--force", action="store_true", help="replace an existing zip")
+    ex.set_defaults(func=cmd_export_model)
+
+    en = sub.add_parser("export-network", help="one fold's network as TorchScript (checked against PyTorch)")
+    _add_ws(en)
+    en.add_argument("--output", "-o", required=True, help="the .pt file to write")
+    en.add_argument("--config", "-c", help="configuration (default: the plan's default)")
+    en.add_argument("--fold", "-f", default="0")
+    en.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
+    en.add_argument("--force", action="store_true", help="replace an existing file")
+    en.set_defaults(func=cmd_export_network)
+
+    im = sub.add_parser("import-model", help="install a model zip from export-model into a workspace")
+    im.add_argument("package", help="the zip written by `segpipe export-model`")
+    _add_ws(im)
+    im.add_argument("--force", action="store_true", help="replace trained folds of the same data set")
+    im.set_defaults(func=cmd_import_model)
+
     ru = sub.add_parser("run", help="the whole chain: onboard, fingerprint, plan, preprocess, train every fold, "
                         "select")
     ru.add_argument("source", help="the folder holding the data")
@@ -409,14 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--workspace", "-w")
     ru.add_argument("--config", "-c", nargs="+", help="configurations to train (default: with --budget the one "
                     "the budget plan chose, else all planned)")
-    ru.add_argument("--folds", nargs="+", type=int, help="folds to train (default: every fold of splits.json: 5, "
-                    "fewer for data sets of under 5 cases)")
+    ru.add_argument("--folds", "-f", nargs="+", type=int, help="folds to train (default: every fold of "
+                    "splits.json: 5, fewer for data sets of under 5 cases)")
     ru.add_argument("--budget", help="time per fold, e.g. 20m: the plan is chosen for it (segpipe plan --budget) "
                     "and each fold's train command fits in it")
     ru.add_argument("--epochs", type=int)
     ru.add_argument("--iterations-per-epoch", type=int, help="default 250, or with --budget what fits it")
     ru.add_argument("--batch-size", type=int, help="override the plans' batch sizes for training")
-    ru.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_device(ru)
     ru.add_argument("--workers", type=int, default=_default_workers())
     ru.add_argument("--onboard-args", nargs=argparse.REMAINDER, default=[],
                     help="the remaining arguments are `segpipe onboard` options (e.g. --labels ... --copy), "

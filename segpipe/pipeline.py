@@ -47,7 +47,7 @@ class RunResult:
 
 def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None = None,
             folds: list[int] | None = None, budget: str | None = None, epochs: int | None = None,
-            iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto",
+            iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto", precision: str = "auto",
             batch_size: int | None = None, options: OnboardOptions | None = None, copy: bool = False,
             allow_external_links: bool = False, force_onboard: bool = False,
             echo: Callable[[str], None] | None = None) -> RunResult:
@@ -72,13 +72,13 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
              ws.dir)
     run_fingerprint(ws, workers=workers)
     budget_s = parse_duration(budget) if budget else None
-    plans, _ = run_plan(ws, budget_s=budget_s, device=device)
+    plans, _ = run_plan(ws, budget_s=budget_s, device=device, precision=precision)
     say(summarize(plans))
     result = RunResult(ws, plans)
     # with a budget, the configuration the plan chose for it; without, every planned one (as nnU-Net)
     configs = configs or ([plans.default_configuration] if budget_s else list(plans.configurations))
     settings = TrainSettings(epochs=epochs, iterations_per_epoch=iterations_per_epoch, budget_s=budget_s,
-                             device=device, workers=min(workers, 2), batch_size=batch_size)
+                             device=device, precision=precision, workers=min(workers, 2), batch_size=batch_size)
     all_folds = fold_names(ws)
     fold_list = [str(f) for f in folds] if folds is not None else all_folds
     for config in configs:

@@ -6,6 +6,7 @@ the user's folder); they never contain ``..`` and never start with ``/``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,6 +14,18 @@ from typing import Any
 from segpipe.errors import Problem, SegpipeError, fail
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+IGNORE_LABEL = "ignore"  # nnU-Net's name for unannotated voxels (sparse labels); its value must be the highest
+
+
+def output_classes(labels: Mapping[str, int]) -> dict[str, int]:
+    """The classes a network predicts: every label but :data:`IGNORE_LABEL` (name -> value, background 0)."""
+    return {name: int(v) for name, v in labels.items() if name != IGNORE_LABEL}
+
+
+def ignore_value(labels: Mapping[str, int]) -> int | None:
+    """The label value of unannotated voxels (the label named ``ignore``), or None when every voxel is labelled."""
+    v = labels.get(IGNORE_LABEL)
+    return None if v is None else int(v)
 
 
 def case_id_problem(case_id: str) -> str | None:
@@ -82,9 +95,19 @@ class DatasetSpec:
         return len(self.channels)
 
     @property
+    def classes(self) -> dict[str, int]:
+        """The output classes (background included): :attr:`labels` without ``ignore``."""
+        return output_classes(self.labels)
+
+    @property
+    def ignore_value(self) -> int | None:
+        """The value of the ``ignore`` label (unannotated voxels), or None."""
+        return ignore_value(self.labels)
+
+    @property
     def n_classes(self) -> int:
-        """Number of output classes including background."""
-        return len(self.labels)
+        """Number of output classes including background (``ignore`` is not one)."""
+        return len(self.classes)
 
     @property
     def subjects(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from segpipe.dataset.formats import discover
 from segpipe.dataset.formats.common import OnboardOptions
-from segpipe.dataset.model import DatasetSpec, case_id_problem
+from segpipe.dataset.model import IGNORE_LABEL, DatasetSpec, case_id_problem
 from segpipe.dataset.store import load_dataset
 from segpipe.dataset.subjects import assign_subjects
 from segpipe.dataset.validate import validate_dataset
@@ -43,6 +43,14 @@ def _complete_labels(spec: DatasetSpec, found: set[int]) -> list[Problem]:
     elif values != list(range(len(values))):
         problems.append(Problem(f"label values {values} are not consecutive from 0",
                                 "renumber the label maps to 0, 1, 2, ... (or map them with --labels)", spec.source))
+    ignore = spec.ignore_value
+    if ignore is not None and ignore != max(values):
+        problems.append(Problem(f"the '{IGNORE_LABEL}' label (unannotated voxels) has value {ignore}, but "
+                                f"{max(values)} is higher", f"give '{IGNORE_LABEL}' the highest value, as nnU-Net "
+                                "requires: renumber the label maps or map them with --labels", spec.source))
+    if ignore == 0:
+        problems.append(Problem(f"the '{IGNORE_LABEL}' label cannot be background (0)",
+                                f"give '{IGNORE_LABEL}' the highest value", spec.source))
     return problems
 
 

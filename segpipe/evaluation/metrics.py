@@ -11,6 +11,10 @@ A class absent from both prediction and reference has no defined value: metrics 
 surface Dice is 0 and HD95 is NaN (undefined: ``"empty_prediction"`` / ``"empty_reference"`` flags); the summary
 (:mod:`segpipe.evaluation.summary`) counts such cases as missed / spurious instead of letting them vanish.
 
+Sparse annotations: a label named ``ignore`` (nnU-Net's convention, :data:`segpipe.dataset.model.IGNORE_LABEL`)
+marks unannotated reference voxels. They count for no class: the prediction there is ignored
+(:func:`blank_unannotated`) and ``ignore`` gets no metrics of its own; only annotated voxels are compared.
+
 The per-case record is ``{class name: ClassMetrics}`` (:data:`CaseRecord`), made by :func:`case_metrics` from
 arrays or by :func:`record_from_counts` from voxel counts alone.
 """
@@ -21,6 +25,8 @@ from typing import TypedDict
 
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+
+from segpipe.dataset.model import ignore_value, output_classes
 
 NAN = float("nan")
 
@@ -81,9 +87,27 @@ def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: int, voxel_volume_
     return overlap_from_counts(tp, fp, fn, voxel_volume_mm3)
 
 
+def unannotated(ref: np.ndarray, labels: Mapping[str, int]) -> np.ndarray | None:
+    """Where ``ref`` holds the ``ignore`` label (a boolean mask of its shape), or None when it has none."""
+    v = ignore_value(labels)
+    if v is None:
+        return None
+    mask = ref == v
+    return mask if mask.any() else None
+
+
+def blank_unannotated(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, int]) -> np.ndarray:
+    """``pred`` with background where ``ref`` is unannotated (``ignore``), so those voxels count for no class;
+    ``pred`` itself when there are none (no copy)."""
+    mask = unannotated(ref, labels)
+    return pred if mask is None else np.where(mask, 0, pred)
+
+
 def class_counts(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, int]) -> dict[str, Counts]:
-    """(tp, fp, fn) voxel counts of every foreground class (value != 0) of one case."""
-    return {name: confusion(pred, ref, v)[:3] for name, v in labels.items() if v != 0}
+    """(tp, fp, fn) voxel counts of every foreground class (value != 0, not ``ignore``) of one case, over the
+    annotated voxels."""
+    pred = blank_unannotated(pred, ref, labels)
+    return {name: confusion(pred, ref, v)[:3] for name, v in output_classes(labels).items() if v != 0}
 
 
 def record_from_counts(counts: Mapping[str, Counts], voxel_volume_mm3: float = 1.0) -> CaseRecord:
@@ -135,8 +159,9 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int], spac
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     vox = float(np.prod(spacing))
+    pred = blank_unannotated(pred, ref, labels)
     out: CaseRecord = {}
-    for name, value in labels.items():
+    for name, value in output_classes(labels).items():
         if value == 0:
             continue
         m = overlap_metrics(pred, ref, value, vox)

@@ -13,7 +13,8 @@ import numpy as np
 from scipy.ndimage import generate_binary_structure
 from scipy.ndimage import label as cc_label
 
-from segpipe.evaluation.metrics import Counts, class_counts, record_from_counts
+from segpipe.dataset.model import output_classes
+from segpipe.evaluation.metrics import Counts, class_counts, record_from_counts, unannotated
 from segpipe.evaluation.summary import mean_dice
 
 MIN_IMPROVEMENT = 1e-4  # a step is kept only if mean Dice improves by more than this
@@ -86,12 +87,16 @@ class CaseCounts:
 
 
 def _largest_counts(seg: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, Counts]:
-    """(tp, fp, fn) of each class after keeping only its largest component."""
+    """(tp, fp, fn) of each class after keeping only its largest component (of the whole prediction), counted
+    over the annotated voxels."""
     out = {}
-    for name, v in labels.items():
+    ignored = unannotated(ref, labels)
+    for name, v in output_classes(labels).items():
         if v == 0:
             continue
         p, r = largest_component(seg == v), ref == v
+        if ignored is not None:
+            p &= ~ignored
         tp = int(np.count_nonzero(p & r))
         out[name] = (tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp)
     return out
@@ -100,7 +105,7 @@ def _largest_counts(seg: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
 def case_counts(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> CaseCounts:
     """The :class:`CaseCounts` of one case: ``pred`` and ``ref`` are label maps of the same shape (e.g.
     ``(z, y, x)``); the counts are voxels."""
-    multi = len([v for v in labels.values() if v > 0]) > 1
+    multi = len([v for v in output_classes(labels).values() if v > 0]) > 1
     fg = keep_largest_foreground(pred) if multi else None
     return CaseCounts(plain=class_counts(pred, ref, labels), largest_of_class=_largest_counts(pred, ref, labels),
                       foreground=class_counts(fg, ref, labels) if fg is not None else None,
@@ -122,7 +127,7 @@ def choose_from_counts(cases: Iterable[CaseCounts], labels: dict[str, int]) -> d
     mean = lambda d: float(np.nanmean(list(d.values()))) if d else float("nan")  # noqa: E731
     choice: dict = {"foreground": False, "classes": []}
     current = base
-    if len([v for v in labels.values() if v > 0]) > 1:
+    if len([v for v in output_classes(labels).values() if v > 0]) > 1:
         fg = _mean_dice([c.foreground_counts() for c in cases], labels)
         if mean(fg) > mean(base) + MIN_IMPROVEMENT:
             choice["foreground"] = True
@@ -130,7 +135,7 @@ def choose_from_counts(cases: Iterable[CaseCounts], labels: dict[str, int]) -> d
     largest = _mean_dice([c.foreground_counts(then_class=True) if choice["foreground"] else c.largest_of_class
                           for c in cases], labels)
     current = dict(current)
-    for name, v in labels.items():
+    for name, v in output_classes(labels).items():
         if v == 0:
             continue
         if largest[name] > current[name] + MIN_IMPROVEMENT:

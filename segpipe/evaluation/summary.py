@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from segpipe.dataset.model import output_classes
 from segpipe.evaluation.metrics import CaseRecord, ClassMetrics
 
 SummaryMetric = Literal["dice", "iou", "precision", "recall", "hd95_mm", "surface_dice"]  # averaged metrics
@@ -69,7 +70,7 @@ def summarize(per_case: Mapping[str, CaseRecord], labels: Mapping[str, int],
     "n_cases"}`` over the cases of ``per_case`` (in its order) for every foreground class (value != 0) of
     ``labels``. ``metrics``: the metrics to average (surface ones only where they were computed)."""
     mean = {name: summarize_class([c[name] for c in per_case.values() if name in c], metrics)
-            for name, value in labels.items() if value != 0}
+            for name, value in output_classes(labels).items() if value != 0}
     dices = [m["dice"] for m in mean.values() if _defined(m.get("dice"))]
     return {"mean": mean, "foreground_mean_dice": _mean(dices), "foreground_mean_dice_n_classes": len(dices),
             "n_cases": len(per_case)}

@@ -253,12 +253,17 @@ def ensemble_label_map(paths: Sequence[str | Path]) -> np.ndarray:
         return seg
 
 
-def _write_label_map(seg: np.ndarray, geometry: Geometry | GeometryDict | dict, out_path: str | Path,
-                     postprocess: dict | None, labels: dict[str, int] | None) -> np.ndarray:
+def _postprocessed(seg: np.ndarray, postprocess: dict | None, labels: dict[str, int] | None) -> np.ndarray:
     if postprocess:
         from segpipe.evaluation.postprocessing import apply_postprocessing
 
         seg = apply_postprocessing(seg, postprocess, labels or {})
+    return seg
+
+
+def _write_label_map(seg: np.ndarray, geometry: Geometry | GeometryDict | dict, out_path: str | Path,
+                     postprocess: dict | None, labels: dict[str, int] | None) -> np.ndarray:
+    seg = _postprocessed(seg, postprocess, labels)
     geo = geometry if isinstance(geometry, Geometry) else Geometry.from_dict(geometry)
     write_image(seg, geo, out_path)
     return seg
@@ -393,7 +398,7 @@ def export_prediction(parts: Parts, out_path: str | Path | None = None,
     if case.ndim == 2:
         seg = seg[0]
     if out_path is None:
-        return seg
+        return _postprocessed(seg, postprocess, labels)
     return _write_label_map(seg, geometry if geometry is not None else parts[0][1]["geometry"], out_path,
                             postprocess, labels)
 

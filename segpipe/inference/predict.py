@@ -21,7 +21,7 @@ import logging
 import multiprocessing
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,17 +192,8 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
             handed: list[Path] = []
             try:
                 parts: list[tuple[torch.Tensor | Path, dict]] = []
-                extra = iter(prepared[len(models):])  # the previous stages' inputs, in the order of ``configs``
-                for model, (pdata, props) in zip(models, prepared):
-                    if model.previous is not None:  # a cascade stage: its previous stage first
-                        prev_data, prev_props = next(extra)
-                        prev = predict_case(model.previous, prev_data, len(spec.labels), mirror, device, batch_size,
-                                            amp_dtype)
-                        prev_label = export_prediction([(prev, prev_props)],
-                                                       resampling=[model.previous.config.resampling])
-                        del prev
-                        pdata = cascade_input(pdata, props, model.config, prev_label, model.foreground)
-                    probs = predict_case(model, pdata, len(spec.labels), mirror, device, batch_size, amp_dtype)
+                for probs, props in case_probabilities(models, prepared, spec.n_classes, mirror, device, batch_size,
+                                                       amp_dtype):
                     path = None
                     if pool.workers > 1 and probs.numel() * probs.element_size() > HANDOVER_BYTES:
                         path = _hand_over(probs, output_dir, cid, len(handed))
@@ -220,7 +211,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
             del prepared, value
             resampling = [m.config.resampling for m in models]  # one per part, in the order of ``parts``
             exporting.append((pool.submit(_export, (parts, geo, out_path, postprocess, save_probabilities,
-                                                    spec.labels, resampling), cid), handed))
+                                                    spec.classes, resampling), cid), handed))
             del parts
             finish_exports(keep=max(0, workers - 1))
         finish_exports(keep=0)
@@ -235,8 +226,30 @@ def _remove(paths: list[Path]) -> None:
             p.unlink()
 
 
+def case_probabilities(models: Sequence[Model], prepared: Sequence[tuple[np.ndarray, dict]], n_classes: int,
+                       mirror: bool, device: torch.device, batch_size: int | None = None,
+                       amp_dtype: torch.dtype | None = None, step: float = 0.5
+                       ) -> Iterator[tuple[torch.Tensor, dict]]:
+    """Each model's ``(probabilities (n_classes, Z, Y, X), props)`` for one case, one model at a time.
+
+    ``prepared``: the case preprocessed for each model's configuration (``(data (c, Z, Y, X), props)``, in the
+    order of ``models``), then for each cascade stage's previous stage (in the same order): a cascade stage
+    runs its previous stage first and takes that segmentation, resampled to its own grid, as one-hot input
+    channels (:func:`segpipe.preprocessing.cascade.cascade_input`)."""
+    extra = iter(prepared[len(models):])
+    for model, (pdata, props) in zip(models, prepared):
+        if model.previous is not None:
+            prev_data, prev_props = next(extra)
+            prev = predict_case(model.previous, prev_data, n_classes, mirror, device, batch_size, amp_dtype, step)
+            prev_label = export_prediction([(prev, prev_props)], resampling=[model.previous.config.resampling])
+            del prev
+            pdata = cascade_input(pdata, props, model.config, prev_label, model.foreground)
+        yield predict_case(model, pdata, n_classes, mirror, device, batch_size, amp_dtype, step), props
+
+
 def predict_case(model: Model, pdata: np.ndarray, n_classes: int, mirror: bool, device: torch.device,
-                 batch_size: int | None = None, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+                 batch_size: int | None = None, amp_dtype: torch.dtype | None = None, step: float = 0.5
+                 ) -> torch.Tensor:
     """Fold-averaged softmax probabilities of one configuration for one preprocessed case ``(c, Z, Y, X)``,
     at the configuration's spacing: ``(n_classes, Z, Y, X)`` float32 on the CPU, one array for all folds
     (:func:`segpipe.inference.sliding_window.predict_sliding_window` sums them in place)."""
@@ -246,7 +259,7 @@ def predict_case(model: Model, pdata: np.ndarray, n_classes: int, mirror: bool, 
     mirror_axes = mirror_axes_for(cfg.ndim) if mirror else None
     return predict_sliding_window(model.networks, pdata, list(cfg.patch_size), n_classes, mirror_axes,
                                   batch_size=batch_size or cfg.batch_size, device=device,
-                                  amp=amp_dtype is not None, amp_dtype=amp_dtype)
+                                  amp=amp_dtype is not None, amp_dtype=amp_dtype, step=step)
 
 
 def export_case(parts: list[tuple[torch.Tensor | np.ndarray, dict]], geometry: GeometryDict | dict,

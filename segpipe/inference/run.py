@@ -7,21 +7,12 @@ from pathlib import Path
 from segpipe import records
 from segpipe.dataset.store import load_dataset
 from segpipe.devices import autocast_dtype, pick_device
-from segpipe.errors import fail
-from segpipe.inference.predict import Model, load_model, predict_folder
-from segpipe.io.jsonio import read_json
+from segpipe.inference.models import chosen_models, load_models
+from segpipe.inference.predict import Model, predict_folder
 from segpipe.locking import locked
-from segpipe.planning.plans import Configuration, load_plans
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-def trained_folds(ws: Workspace, config: str, checkpoint: str = "final") -> list[str]:
-    root = ws.results_root(config)
-    if not root.is_dir():
-        return []
-    return sorted(p.name[len("fold_"):] for p in root.glob("fold_*") if (p / f"checkpoint_{checkpoint}.pt").is_file())
 
 
 def _output_lock(ws: Workspace, input_dir: Path, output_dir: Path, *args, **kwargs) -> str:
@@ -39,42 +30,9 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
     2D inputs (PNG, ...) need their pixel size (mm): ``pixel_spacing`` for all, or ``spacing_csv`` per file.
     """
     spec = load_dataset(ws)
-    plans = load_plans(ws)
-    postprocess = None
-    if best:
-        sel = read_json(ws.selection_json, kind="selection")
-        configs, folds = sel["configs"], [str(f) for f in sel["folds"]]
-        postprocess = sel["postprocessing"]
-    if not configs:
-        configs = [plans.default_configuration]
+    configs, folds, postprocess = chosen_models(ws, configs, folds, best)
     dev = pick_device(device)
-    models = []
-    for c in configs:
-        cfg = plans.configuration(c)
-        fs = [str(f) for f in folds] if folds else trained_folds(ws, c, checkpoint)
-        if not fs:
-            raise fail(f"no trained fold of {c}", f"run `segpipe train --config {c} --fold 0` (or --fold each)",
-                       file=ws.results_root(c))
-        previous = None
-        foreground: tuple[int, ...] = ()
-        if cfg.previous_stage is not None:  # a cascade stage: its previous stage runs first, with all its folds
-            from segpipe.preprocessing.cascade import foreground_values
-
-            prev_cfg = plans.configuration(cfg.previous_stage)
-            prev_folds = trained_folds(ws, prev_cfg.name, checkpoint)
-            if not prev_folds:
-                raise fail(f"{c} needs its previous stage {prev_cfg.name}, which has no trained fold",
-                           f"run `segpipe train --config {prev_cfg.name} --fold each`",
-                           file=ws.results_root(prev_cfg.name))
-            previous = load_model(ws.results_root(prev_cfg.name), prev_cfg, prev_folds, spec.n_channels,
-                                  spec.n_classes, dev, checkpoint)
-            _check_folds_plan(ws, prev_cfg.name, prev_cfg, prev_folds)
-            foreground = tuple(foreground_values(spec.labels))
-        model = load_model(ws.results_root(c), cfg, fs, spec.n_channels + len(foreground), spec.n_classes, dev,
-                           checkpoint)
-        model.previous, model.foreground = previous, foreground
-        models.append(model)
-        _check_folds_plan(ws, c, cfg, fs)  # after load_model, which names a changed network more precisely
+    models = load_models(ws, configs, folds, checkpoint, dev)
 
     def folds_of(m: Model) -> str:
         """The folds ``m`` was loaded with: each configuration's trained folds are looked up once, above."""
@@ -93,21 +51,6 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
                            "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing})
     return written, desc
 
-
-def _check_folds_plan(ws: Workspace, config: str, cfg: Configuration, folds: list[str]) -> None:
-    """Refuse folds trained with another plan configuration than the current plans.json entry."""
-    current = records.config_hash(cfg.to_json())
-    for f in folds:
-        fold_dir = ws.results(config, f)
-        origin = records.read_fold_origin(fold_dir)
-        if origin is None:
-            log.debug("fold %s of %s has no %s (trained by an older segpipe); plan not checked", f, config,
-                      records.TRAIN_ORIGIN)
-        elif origin.get("plan_hash") != current:
-            raise fail(f"fold {f} of {config} was trained with another plan: the plan configuration in "
-                       "plans.json changed since", f"retrain it (segpipe train --config {config} --fold {f} "
-                       "--force), or restore the plans.json it was trained with",
-                       file=fold_dir / records.TRAIN_ORIGIN)
 
 
 def _write_predict_record(ws: Workspace, input_dir: Path, output_dir: Path, models: list, written: list[str],

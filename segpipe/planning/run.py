@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from segpipe.dataset.store import load_dataset
 from segpipe.errors import SegpipeError, fail
@@ -24,8 +25,11 @@ log = logging.getLogger(__name__)
 def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Sequence[float] | None = None,
              patch_size: Sequence[int] | None = None, batch_size: int | None = None, config: str | None = None,
              network: str = "plain", force: bool = False, budget_s: float | None = None, device: str = "auto",
-             precision: str = "auto") -> tuple[Plans, bool]:
+             precision: str = "auto", like: str | Path | None = None) -> tuple[Plans, bool]:
     """Plan ``ws``'s dataset. Returns (plans, skipped).
+
+    With ``like`` (a planned data set's folder or its plans.json) the other data set's configurations are used
+    unchanged (:mod:`segpipe.planning.transfer`); overrides and ``budget_s`` are refused with it.
 
     plans.json is written only after it parses as a :class:`Plans` (so every reader gets a valid plan); a
     plans.json that no longer parses (written by an older segpipe) is planned again.
@@ -43,13 +47,24 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Seq
     check_override_axes(fingerprint.get("ndim"), spacing, patch_size, config, ws.fingerprint_json)
     if budget_s is not None and not (_positive_number(budget_s)):
         raise fail(f"--budget {budget_s} s is not a positive duration", "give e.g. --budget 20m")
-    settings = {"memory_gb": memory_gb, "spacing": spacing, "patch_size": patch_size, "batch_size": batch_size,
-                "config": config, "network": network}
+    settings: dict[str, Any] = {"memory_gb": memory_gb, "spacing": spacing, "patch_size": patch_size,
+                                "batch_size": batch_size, "config": config, "network": network}
+    source_path = None
+    if like is not None:
+        from segpipe.planning.transfer import source_plans_path
+
+        given = [flag for flag, v in (("--spacing", spacing), ("--patch-size", patch_size),
+                                      ("--batch-size", batch_size), ("--budget", budget_s)) if v is not None]
+        if given:
+            raise fail(f"--like uses the other data set's plans unchanged; {', '.join(given)} cannot change them",
+                       "leave out " + ", ".join(given) + " (or plan without --like)")
+        source_path = source_plans_path(like)
+        settings["like"] = str(source_path.resolve())
     if budget_s is not None:
         from segpipe.devices import pick_device
 
         settings.update({"budget_s": budget_s, "device": pick_device(device).type, "precision": precision})
-    inputs = input_state([ws.dataset_json, ws.fingerprint_json])
+    inputs = input_state([ws.dataset_json, ws.fingerprint_json, *([source_path] if source_path else [])])
     if not force and up_to_date(ws, "plan", inputs, settings, [ws.plans_json]):
         try:
             plans = read_plans(ws.plans_json)
@@ -60,7 +75,12 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Seq
             return plans, True
     for path in (ws.plans_json, ws.record("plan")):  # before planning: never overwrite a newer segpipe's work
         refuse_if_newer(path, writing=True)
-    raw = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
+    if source_path is not None:
+        from segpipe.planning.transfer import transfer_plans
+
+        raw = transfer_plans(read_plans(source_path), spec, fingerprint)
+    else:
+        raw = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
     if budget_s is not None:
         from segpipe.planning.budget import plan_for_budget
         from segpipe.planning.calibration import Calibration

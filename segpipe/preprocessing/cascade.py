@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from segpipe.dataset.model import output_classes
 from segpipe.planning.plans import Configuration
 from segpipe.preprocessing.cropping import crop
 from segpipe.preprocessing.resampling import resample_label
@@ -51,5 +52,6 @@ def one_hot_channels(seg: npt.NDArray[np.integer[Any]], foreground: Sequence[int
 
 
 def foreground_values(labels: Mapping[str, int]) -> list[int]:
-    """The label values that get a cascade channel: every value but background (0), ascending."""
-    return sorted(v for v in labels.values() if v != 0)
+    """The label values that get a cascade channel: every output class but background (0), ascending (an
+    ``ignore`` label is never predicted, so it gets none)."""
+    return sorted(v for v in output_classes(labels).values() if v != 0)

@@ -44,6 +44,14 @@ def target_spacing_for(config: Configuration, spacing: Sequence[float]) -> list[
     return [float(spacing[0]), *sp] if len(sp) == 2 else sp
 
 
+def mark_unannotated(label: np.ndarray, ignore_value: int | None) -> np.ndarray:
+    """``label`` (any shape) with the ``ignore`` label's voxels set to :data:`OUTSIDE_MASK`: like the background
+    outside the nonzero mask, they are left out of the loss, the pseudo-Dice and patch centring. In place."""
+    if ignore_value is not None:
+        label[label == ignore_value] = OUTSIDE_MASK
+    return label
+
+
 def sample_class_locations(seg: np.ndarray, seed: int, n_max: int = MAX_CLASS_LOCATIONS) -> dict[str, list]:
     """Up to ``n_max`` voxel coordinates (spatial axes of ``seg``) per label value > 0, seeded."""
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
 from segpipe.locking import locked
 from segpipe.parallel import map_cases
 from segpipe.planning.plans import Configuration, Plans, load_plans
-from segpipe.preprocessing.case import preprocess_case
+from segpipe.preprocessing.case import mark_unannotated, preprocess_case
 from segpipe.preprocessing.store import check_preprocessed, plan_hash, stale_cases, storage_format, write_case
 from segpipe.records import _norm, input_state, relative_state, up_to_date, write_record
 from segpipe.workspace import Workspace
@@ -50,7 +50,7 @@ def _one(args: tuple[DatasetSpec, Path, CaseEntry, Configuration, Path, int]) ->
     label = None
     if case.label:
         lab, _ = read_label(spec, raw, case)
-        label = np.rint(lab).astype(np.int16)
+        label = mark_unannotated(np.rint(lab).astype(np.int16), spec.ignore_value)
     data, seg, props = preprocess_case(data, label, geo, cfg, seed=seed, case_id=case.id,
                                        file=str(raw / case.images[0]))
     props["plan_hash"] = plan_hash(cfg)

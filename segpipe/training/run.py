@@ -6,23 +6,26 @@ import logging
 import os
 import shutil
 import time
+from pathlib import Path
 
 from segpipe import records
 from segpipe.dataset.model import DatasetSpec
 from segpipe.dataset.store import load_dataset
 from segpipe.errors import fail
-from segpipe.io.jsonio import read_json
+from segpipe.io.jsonio import read_json, write_json
 from segpipe.locking import locked
 from segpipe.planning.plans import Configuration, load_plans
 from segpipe.training import distributed as dist
 from segpipe.training.data import CascadeInput
+from segpipe.training.initialization import INIT_REPORT, initialize_from
 from segpipe.training.splits import fold_cases
 from segpipe.training.trainer import TrainSettings, get_trainer
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "progress.png")
+RESULT_FILES = ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "progress.png",
+                INIT_REPORT)
 
 
 def _fold_lock(ws: Workspace, config: str, fold: str, *args, **kwargs) -> str | None:
@@ -32,8 +35,13 @@ def _fold_lock(ws: Workspace, config: str, fold: str, *args, **kwargs) -> str | 
 
 @locked("train", exclusive=False, own=_fold_lock)
 def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, trainer: str | None = None,
-              resume: bool | None = None, force: bool = False, validate: bool = True) -> dict:
+              resume: bool | None = None, force: bool = False, validate: bool = True,
+              init_from: str | Path | None = None, init_mode: str = "full") -> dict:
     """Train (or resume) a fold. ``resume=None`` resumes automatically when an unfinished run exists.
+
+    ``init_from`` (a segpipe checkpoint) starts a fresh run from its weights (:mod:`segpipe.training.
+    initialization`, ``init_mode`` full or encoder) and writes ``init_report.json``; a resumed or finished run
+    ignores it.
 
     A ``settings.budget_s`` covers this call from ``settings.started_at`` (default: now) to the end of the
     final validation."""
@@ -78,13 +86,24 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         elif latest.is_file():
             raise fail("this fold has an unfinished run", "re-run with --resume to continue it, or --force to "
                        "start over", file=latest)
+        elif init_from is not None:
+            report = initialize_from(t.network, init_from, init_mode)
+            log.info("initialized from %s (%s): %d weights loaded, %d reshaped, %d skipped (%s)", init_from,
+                     init_mode, len(report["loaded"]), len(report["reshaped"]), len(report["skipped"]),
+                     out / INIT_REPORT)
+            if is_main:
+                write_json(out / INIT_REPORT, report, kind="init_report")
         if is_main:
             records.write_fold_origin(out, origin)
         t.run()
     rec_inputs = {"plan:" + config: origin["plan_hash"], "preprocess:" + config: str(origin["preprocess_hash"])}
     if fold != "all" and ws.splits_json.is_file():
         rec_inputs.update(records.input_state([ws.splits_json]))
-    rec_settings = {"fold": fold, "train": train_ids, "val": val_ids}
+    rec_settings: dict = {"fold": fold, "train": train_ids, "val": val_ids}
+    init_report = out / INIT_REPORT
+    if init_report.is_file():  # a fine-tuned fold names the weights it started from
+        init = read_json(init_report, kind="init_report")
+        rec_settings["init"] = {"checkpoint": init["checkpoint"], "sha256": init["sha256"], "mode": init["mode"]}
     summary = None
     vsum = out / "validation" / "summary.json"
     if validate and t.is_main and fold != "all":

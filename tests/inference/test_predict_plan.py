@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import torch
 from conftest import hippo_file, hippo_ids
 
+import segpipe.inference.models as models_module
 import segpipe.inference.predict as predict_module
 import segpipe.inference.run as run_module
 from segpipe.dataset.store import load_dataset
@@ -86,10 +87,11 @@ def test_run_predict_looks_the_folds_up_once(tmp_path: Path, monkeypatch):
         return Model(config, [], folds=tuple(folds))
 
     monkeypatch.setattr(run_module, "load_dataset", lambda ws_: spec)
-    monkeypatch.setattr(run_module, "load_plans", lambda ws_: plans)
-    monkeypatch.setattr(run_module, "trained_folds", trained_folds)
-    monkeypatch.setattr(run_module, "load_model", load_model)
-    monkeypatch.setattr(run_module, "_check_folds_plan", lambda *a: None)
+    monkeypatch.setattr(models_module, "load_dataset", lambda ws_: spec)
+    monkeypatch.setattr(models_module, "load_plans", lambda ws_: plans)
+    monkeypatch.setattr(models_module, "trained_folds", trained_folds)
+    monkeypatch.setattr(models_module, "load_model", load_model)
+    monkeypatch.setattr(models_module, "_check_folds_plan", lambda *a: None)
     monkeypatch.setattr(run_module, "_write_predict_record", lambda *a: None)
     monkeypatch.setattr(run_module, "predict_folder", lambda *a, **k: [])
     written, desc = run_module.run_predict(ws, tmp_path / "in", tmp_path / "out", configs=["3d_cascade_fullres"],

@@ -1,0 +1,143 @@
+"""Prediction from Python: :class:`Predictor` loads a trained data set's models once and predicts numpy arrays,
+SimpleITK images, files and folders.
+
+Arrays are channels first, ``(c, z, y, x)`` for 3D and ``(c, y, x)`` for 2D (a single-channel image may leave
+the channel axis out); spacing is in mm in the same array axis order; origin (mm) and direction (flattened
+row-major cosine matrix) follow SimpleITK's ``(x, y, z)`` order. Results are label maps of the image's shape,
+``uint8`` with the data set's class values (an ``ignore`` label is never predicted).
+
+Example (a model trained in ``ws/hippo``)::
+
+    from segpipe import Predictor
+    predictor = Predictor("ws", "hippo", device="cpu", mirror=False)
+    label = predictor.predict_array(image, spacing=(1.0, 1.0, 1.0))   # image: (z, y, x) float
+    predictor.predict_file("case_0000.nii.gz", "out/case.nii.gz")      # one file per channel, or a list
+    predictor.predict_folder("images/", "predictions/")                # as `segpipe predict`
+
+docs/api.md runs these examples as tests.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from segpipe.dataset.store import load_dataset
+from segpipe.devices import autocast_dtype, pick_device
+from segpipe.errors import fail
+from segpipe.inference.export import export_prediction
+from segpipe.inference.models import chosen_models, load_models
+from segpipe.inference.predict import case_probabilities, predict_folder
+from segpipe.io.images import Geometry, geometry_of, read_image, write_image
+from segpipe.preprocessing.case import preprocess_case
+from segpipe.workspace import Workspace
+
+PathLike = str | os.PathLike[str]
+
+
+class Predictor:
+    """The trained models of data set ``name`` in ``workspace``, loaded once.
+
+    Args:
+        workspace: the workspace folder (``segpipe --workspace``).
+        name: the data set (default: the workspace's only one).
+        configs: configurations to ensemble (default: the plan's default configuration).
+        folds: folds to use (default: every trained fold of each configuration).
+        best: use ``segpipe select``'s choice (configurations, folds, post-processing) instead.
+        checkpoint: ``final``, ``best`` or ``latest``.
+        device: ``auto``, ``cpu`` or ``cuda``; precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see
+            :mod:`segpipe.devices`).
+        mirror: mirroring test-time augmentation (nnU-Net's default; 4x (2D) or 8x (3D) the network work).
+        step: sliding-window step as a fraction of the patch (0.5: windows overlap by half).
+    """
+
+    def __init__(self, workspace: PathLike, name: str | None = None, configs: Sequence[str] | None = None,
+                 folds: Sequence[int | str] | None = None, best: bool = False, checkpoint: str = "final",
+                 device: str = "auto", precision: str = "auto", mirror: bool = True, step: float = 0.5):
+        if not 0 < step <= 1:
+            raise fail(f"step {step} is not in (0, 1]", "give the window step as a fraction of the patch, e.g. 0.5")
+        self.workspace = Workspace.locate(str(workspace), name).require_dataset()
+        self.spec = load_dataset(self.workspace)
+        cfgs, fs, self.postprocess = chosen_models(self.workspace, list(configs) if configs else None,
+                                                   [str(f) for f in folds] if folds else None, best)
+        self.device = pick_device(device)
+        self.amp_dtype = autocast_dtype(self.device, precision)
+        self.models = load_models(self.workspace, cfgs, fs, checkpoint, self.device)
+        self.mirror, self.step = mirror, step
+
+    @property
+    def classes(self) -> dict[str, int]:
+        """The predicted classes, ``{name: value}`` (background 0)."""
+        return self.spec.classes
+
+    def predict_array(self, image: np.ndarray, spacing: Sequence[float], origin: Sequence[float] | None = None,
+                      direction: Sequence[float] | None = None) -> np.ndarray:
+        """The label map (``uint8``, the image's spatial shape) of ``image`` ``(c, *spatial)`` or, with one channel,
+        ``(*spatial)``; ``spacing`` in mm per spatial axis, array order."""
+        data = np.asarray(image, dtype=np.float32)
+        ndim = len(spacing)
+        if ndim not in (2, 3):
+            raise fail(f"spacing {tuple(spacing)} has {ndim} values", "give one spacing (mm) per spatial axis, "
+                       "in array order: (z, y, x) for 3D, (y, x) for 2D")
+        if data.ndim == ndim:
+            data = data[None]
+        if data.ndim != ndim + 1 or data.shape[0] != self.spec.n_channels:
+            raise fail(f"image of shape {data.shape} with a {ndim}D spacing", f"give ({self.spec.n_channels}, "
+                       f"*spatial) channels first ({list(self.spec.channels.values())}), or the spatial array alone "
+                       "for a one-channel model")
+        geo = Geometry(tuple(int(n) for n in data.shape[1:]), tuple(float(s) for s in spacing),
+                       tuple(float(o) for o in origin) if origin is not None else (0.0,) * ndim,
+                       tuple(float(d) for d in direction) if direction is not None
+                       else tuple(np.eye(ndim).ravel().tolist()))
+        return self._predict(data, geo)
+
+    def predict_image(self, image: sitk.Image | Sequence[sitk.Image]) -> sitk.Image:
+        """The label map of a SimpleITK image (one per channel, same grid), as a SimpleITK image on its grid."""
+        images = [image] if isinstance(image, sitk.Image) else list(image)
+        if not images:
+            raise fail("no image given", "give one SimpleITK image per channel")
+        data = np.stack([sitk.GetArrayFromImage(i).astype(np.float32) for i in images])
+        geo = geometry_of(images[0])
+        label = self._predict(data, geo)
+        out = sitk.GetImageFromArray(label)
+        out.CopyInformation(images[0])
+        return out
+
+    def predict_file(self, paths: PathLike | Sequence[PathLike], output: PathLike | None = None) -> np.ndarray:
+        """The label map of the image file(s) (one per channel, in the data set's channel order); written to
+        ``output`` (format by ending, the input's geometry) when given."""
+        files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        arrays, geos = zip(*(read_image(p) for p in files))
+        data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
+        if data.shape[0] != self.spec.n_channels:
+            raise fail(f"{data.shape[0]} channel file(s), the model expects {self.spec.n_channels}",
+                       f"give one file per channel: {list(self.spec.channels.values())}", file=str(files[0]))
+        label = self._predict(data, geos[0])
+        if output is not None:
+            write_image(label, geos[0], output)
+        return label
+
+    def predict_folder(self, input_dir: PathLike, output_dir: PathLike, workers: int = 1,
+                       save_probabilities: bool = False) -> list[str]:
+        """Every case of ``input_dir`` into ``output_dir``, as ``segpipe predict`` reads and writes them (no
+        record or lock of the workspace); returns the written files."""
+        return predict_folder(self.spec, self.models, Path(input_dir), Path(output_dir), self.device,
+                              mirror=self.mirror, save_probabilities=save_probabilities,
+                              postprocess=self.postprocess, workers=workers, amp_dtype=self.amp_dtype)
+
+    def _predict(self, data: np.ndarray, geo: Geometry) -> np.ndarray:
+        configs = [m.config for m in self.models] + [m.previous.config for m in self.models if m.previous]
+        prepared = []
+        for cfg in configs:
+            pdata, _, props = preprocess_case(data, None, geo, cfg, case_id="input")
+            prepared.append((pdata, props))
+        with torch.inference_mode():
+            parts = list(case_probabilities(self.models, prepared, self.spec.n_classes, self.mirror, self.device,
+                                            amp_dtype=self.amp_dtype, step=self.step))
+        label = export_prediction(parts, None, geo, postprocess=self.postprocess, labels=self.spec.classes,
+                                  resampling=[m.config.resampling for m in self.models])
+        return np.asarray(label).astype(np.uint8, copy=False)
