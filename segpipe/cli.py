@@ -39,6 +39,13 @@ def _add_ws(p: argparse.ArgumentParser, name_required: bool = False) -> None:
                    help="dataset name in the workspace (default: the workspace's only dataset)")
 
 
+def _step_size(text: str) -> float:
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return v
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -93,7 +100,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     plans, skipped = run_plan(ws, memory_gb=a.memory_gb, spacing=a.spacing, patch_size=a.patch_size,
                               batch_size=a.batch_size, config=a.config, network=a.network, force=a.force,
                               budget_s=parse_duration(a.budget) if a.budget else None, device=a.device,
-                              precision=a.precision, like=a.like)
+                              precision=a.precision, like=a.like, preset=a.preset)
     print(summarize(plans, explain=a.explain))
     print(f"{ws.plans_json}: {'unchanged, skipped' if skipped else 'written'}")
     return 0
@@ -160,7 +167,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                                 mirror=not a.no_mirror, save_probabilities=a.save_probabilities,
                                 checkpoint=a.checkpoint, device=a.device, workers=a.workers,
                                 pixel_spacing=a.pixel_spacing, precision=a.precision,
-                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None)
+                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, step=a.step_size)
     print(f"{len(written)} case(s) predicted with {desc} -> {a.output}")
     return 0
 
@@ -336,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="spacing, patch, batch, network per configuration -> plans.json")
     _add_ws(pl)
-    pl.add_argument("--memory-gb", type=float, default=8.0, help="memory budget of the training device "
-                    "(default 8, nnU-Net's GPU target)")
+    pl.add_argument("--memory-gb", type=float, help="memory budget of the training device (default: the "
+                    "preset's, 8 GB as nnU-Net's GPU target; resenc-l 24, resenc-xl 40)")
+    pl.add_argument("--preset", default="default", choices=["default", "resenc-m", "resenc-l", "resenc-xl"],
+                    help="planner preset: nnU-Net's default planner, or its residual-encoder planners ResEnc M/L/XL "
+                    "(8/24/40 GB, residual encoder, no 5%% batch cap)")
     pl.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="override the target spacing "
                     "(array axis order: z y x)")
     pl.add_argument("--patch-size", type=int, nargs="+", metavar="VOX", help="override the patch size")
@@ -407,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--best", action="store_true", help="use `segpipe select`'s choice: configuration(s), folds "
                     "and post-processing")
     pr.add_argument("--checkpoint", default="final", choices=["final", "best", "latest"])
-    pr.add_argument("--no-mirror", action="store_true", help="no mirroring test-time augmentation (faster)")
+    pr.add_argument("--no-mirror", "--disable-tta", action="store_true", help="no mirroring test-time augmentation "
+                    "(faster; --disable-tta is nnU-Net's name)")
+    pr.add_argument("--step-size", type=_step_size, default=0.5, help="sliding-window step as a fraction of the "
+                    "patch, in (0, 1] (default 0.5; larger is faster, nnU-Net's -step_size)")
     pr.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with softmax maps")
     pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images (PNG, TIFF, BMP, JPEG carry no "
                     "spacing): one pixel size for all (mm); 2D input needs this or --spacing-csv")

@@ -145,7 +145,8 @@ def _case_of(task: CaseTask) -> str:
 def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, output_dir: Path, device: torch.device,
                    mirror: bool = True, save_probabilities: bool = False, postprocess: dict | None = None,
                    workers: int = 1, batch_size: int | None = None, pixel_spacing: float | None = None,
-                   amp_dtype: torch.dtype | None = None, spacing_csv: Path | None = None) -> list[str]:
+                   amp_dtype: torch.dtype | None = None, spacing_csv: Path | None = None, step: float = 0.5
+                   ) -> list[str]:
     """Predict every case of ``input_dir`` into ``output_dir`` (never into ``input_dir``)."""
     input_dir, output_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
     if output_dir == input_dir:
@@ -193,7 +194,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
             try:
                 parts: list[tuple[torch.Tensor | Path, dict]] = []
                 for probs, props in case_probabilities(models, prepared, spec.n_classes, mirror, device, batch_size,
-                                                       amp_dtype):
+                                                       amp_dtype, step):
                     path = None
                     if pool.workers > 1 and probs.numel() * probs.element_size() > HANDOVER_BYTES:
                         path = _hand_over(probs, output_dir, cid, len(handed))

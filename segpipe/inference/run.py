@@ -24,7 +24,8 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
                 folds: list[str] | None = None, best: bool = False, mirror: bool = True,
                 save_probabilities: bool = False, checkpoint: str = "final", device: str = "auto",
                 workers: int = 1, pixel_spacing: float | None = None,
-                precision: str = "auto", spacing_csv: Path | None = None) -> tuple[list[str], str]:
+                precision: str = "auto", spacing_csv: Path | None = None, step: float = 0.5
+                ) -> tuple[list[str], str]:
     """Predict ``input_dir`` into ``output_dir`` with the chosen models; returns (written files, description).
 
     2D inputs (PNG, ...) need their pixel size (mm): ``pixel_spacing`` for all, or ``spacing_csv`` per file.
@@ -45,10 +46,11 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
     written = predict_folder(spec, models, input_dir, output_dir, dev, mirror=mirror,
                              save_probabilities=save_probabilities, postprocess=postprocess, workers=workers,
                              pixel_spacing=pixel_spacing, amp_dtype=autocast_dtype(dev, precision),
-                             spacing_csv=spacing_csv)
+                             spacing_csv=spacing_csv, step=step)
     _write_predict_record(ws, input_dir, output_dir, models, written,
                           {"configs": [m.config_name for m in models], "folds": folds, "checkpoint": checkpoint,
-                           "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing})
+                           "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing,
+                           "step": step})
     return written, desc
 
 

@@ -1,14 +1,15 @@
 """One configuration (2d, 3d_fullres, 3d_lowres): patch size, topology and batch size under a memory budget."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from segpipe.planning import constants as C
-from segpipe.planning.memory import feature_map_voxels, memory_reference
 from segpipe.planning.plans import DEFAULT_TRAINER, NetworkPlan, Topology
+from segpipe.planning.presets import PRESETS, Preset
 from segpipe.planning.topology import derive_topology
 
 
@@ -22,22 +23,23 @@ def initial_patch(spacing: Sequence[float], median_shape: Sequence[float]) -> li
     return [min(p, m) for p, m in zip(patch, median_shape)]
 
 
-def _estimate(topo: Topology, patch: Sequence[int], n_classes: int) -> int:
-    return feature_map_voxels(patch, topo.strides, topo.features_per_stage, n_classes)
+def _estimate(topo: Topology, patch: Sequence[int], n_classes: int, preset: Preset) -> int:
+    return preset.activations(patch, topo.strides, topo.features_per_stage, n_classes)
 
 
 def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], n_voxels_dataset: float,
                        n_classes: int, memory_gb: float = C.DEFAULT_MEMORY_GB,
                        patch_override: Sequence[int] | None = None, batch_override: int | None = None,
-                       network: str = "plain") -> dict[str, Any]:
+                       network: str = "plain", preset: Preset = PRESETS["default"]) -> dict[str, Any]:
     """Plan one configuration at ``spacing`` (mm) for images of ``median_shape`` (voxels), both array order.
 
-    ``n_voxels_dataset``: approximate voxels of the whole dataset at this spacing (for the 5% batch cap).
-    Returns a JSON-ready dict with the choices and a ``why`` entry per choice.
+    ``n_voxels_dataset``: approximate voxels of the whole dataset at this spacing (for the batch cap).
+    ``preset`` (:mod:`segpipe.planning.presets`) sets the memory model, the encoder's convs or residual blocks
+    per stage and the batch cap. Returns a JSON-ready dict with the choices and a ``why`` entry per choice.
     """
     dim = len(spacing)
     why: dict[str, str] = {}
-    reference, ref_bs = memory_reference(dim, memory_gb)
+    reference, ref_bs = preset.reference(dim, memory_gb)
     if patch_override is not None:
         topo, patch = derive_topology(spacing, patch_override)
         why["patch_size"] = (f"set by the user ({list(patch_override)}), padded to the total stride "
@@ -47,7 +49,7 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
         start = initial_patch(spacing, median_shape)
         topo, patch = derive_topology(spacing, start)
         shrunk = 0
-        while _estimate(topo, patch, n_classes) / ref_bs * C.MIN_BATCH_SIZE > reference:
+        while _estimate(topo, patch, n_classes, preset) / ref_bs * C.MIN_BATCH_SIZE > reference:
             ratios = [p / m for p, m in zip(patch, median_shape)]
             axis = int(np.argsort(ratios)[-1])
             trial = list(patch)
@@ -65,19 +67,22 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
             why["patch_size"] += (f"; shrunk {shrunk} step(s), each on the axis largest relative to the median "
                                   f"shape, until a batch of {C.MIN_BATCH_SIZE} fits {memory_gb:g} GB")
     features = list(topo.features_per_stage)
-    estimate = _estimate(topo, patch, n_classes)
+    estimate = _estimate(topo, patch, n_classes, preset)
     fit_bs = round(reference / estimate * ref_bs)
-    cap_bs = round(n_voxels_dataset * C.MAX_DATASET_COVERED / float(np.prod(patch, dtype=np.float64)))
+    cap_bs = round(n_voxels_dataset * preset.max_dataset_covered / float(np.prod(patch, dtype=np.float64)))
     if batch_override is not None:
         batch = int(batch_override)
         why["batch_size"] = f"set by the user ({batch})"
     else:
         batch = max(min(fit_bs, cap_bs), C.MIN_BATCH_SIZE)
-        limit = "the memory budget" if fit_bs <= cap_bs else f"the {C.MAX_DATASET_COVERED:.0%} data set cover cap"
+        limit = ("the memory budget" if fit_bs <= cap_bs
+                 else f"the {preset.max_dataset_covered:.0%} data set cover cap")
         if batch == C.MIN_BATCH_SIZE and min(fit_bs, cap_bs) < C.MIN_BATCH_SIZE:
             limit = f"the minimum of {C.MIN_BATCH_SIZE}"
         why["batch_size"] = (f"{batch}: {fit_bs} would fit {memory_gb:g} GB, {cap_bs} covers "
-                             f"{C.MAX_DATASET_COVERED:.0%} of the data set's voxels; limited by {limit}")
+                             f"{preset.max_dataset_covered:.0%} of the data set's voxels; limited by {limit}")
+    topo = dataclasses.replace(topo, n_conv_per_stage=preset.encoder_convs(topo.n_stages),
+                               n_conv_per_stage_decoder=(preset.convs_decoder,) * (topo.n_stages - 1))
     pools = list(topo.pools_per_axis)
     coarse_k1 = [a for a in range(dim) if topo.kernel_sizes[0][a] == 1]
     why["topology"] = (f"{topo.n_stages} stages; pooling per axis {pools} (an axis pools while its feature map "
@@ -85,6 +90,9 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
                        f"{C.POOL_SPACING_RATIO:g}x the finest); features {features}")
     if coarse_k1:
         why["topology"] += f"; kernel size 1 on axis {coarse_k1} in early stages until its spacing catches up"
+    if preset.blocks_encoder is not None:
+        why["topology"] += (f"; preset {preset.name}: residual blocks per encoder stage "
+                            f"{list(topo.n_conv_per_stage)}, {preset.convs_decoder} conv per decoder stage")
     return {
         "spacing": [float(s) for s in spacing],
         "median_shape": [float(m) for m in median_shape],
@@ -93,6 +101,7 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
         "trainer": DEFAULT_TRAINER,
         "network": NetworkPlan(network, topo).to_json(),
         "memory": {"budget_gb": memory_gb, "feature_map_voxels": int(estimate), "batch_fitting_budget": int(fit_bs),
-                   "batch_covering_5_percent": int(cap_bs), "n_voxels_dataset": float(n_voxels_dataset)},
+                   "batch_covering_5_percent": int(cap_bs), "n_voxels_dataset": float(n_voxels_dataset),
+                   "preset": preset.name},
         "why": why,
     }

@@ -3,7 +3,8 @@
 Counts, for the plain U-Net: every encoder conv's output (the first conv of a stage carries the stride), every
 decoder conv's and transposed conv's output at the skip resolution, and the full-resolution segmentation
 output (every resolution's with ``deep_supervision``). Norms, nonlinearities and concatenations are not
-counted. Compared against a reference measured on a GPU of known size; see :func:`memory_reference`.
+counted. Compared against a reference measured on a GPU of known size; see
+:meth:`segpipe.planning.presets.Preset.reference`.
 """
 from __future__ import annotations
 
@@ -32,10 +33,3 @@ def feature_map_voxels(patch_size: Sequence[float], strides: Sequence[Sequence[i
         if deep_supervision or level == 0:
             total += n_classes * vox
     return total
-
-
-def memory_reference(dim: int, memory_gb: float) -> tuple[float, int]:
-    """(feature-map voxels that fit ``memory_gb`` at the reference batch size, that reference batch size)."""
-    ref = C.REFERENCE_FEATURE_MAP_VOXELS_3D if dim == 3 else C.REFERENCE_FEATURE_MAP_VOXELS_2D
-    bs = C.REFERENCE_BATCH_3D if dim == 3 else C.REFERENCE_BATCH_2D
-    return ref * memory_gb / C.REFERENCE_MEMORY_GB, bs

@@ -13,6 +13,7 @@ from segpipe.errors import fail
 from segpipe.planning import constants as C
 from segpipe.planning.configuration import plan_configuration
 from segpipe.planning.normalization import plan_normalization
+from segpipe.planning.presets import PRESETS, Preset
 from segpipe.planning.spacing import resampled_shapes, target_spacing
 
 PLANNER_NAME = "default"
@@ -38,7 +39,7 @@ def _resampling(spacing: Sequence[float]) -> dict[str, Any]:
 def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: float = C.DEFAULT_MEMORY_GB,
                  spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
                  batch_size: int | None = None, override_config: str | None = None,
-                 network: str = "plain") -> dict[str, Any]:
+                 network: str = "plain", preset: Preset = PRESETS["default"]) -> dict[str, Any]:
     """Compute plans.json content from a fingerprint. Overrides apply to ``override_config`` (default: the
     main configuration, 3d_fullres for 3D data and 2d for 2D data); ``spacing`` applies to the full-resolution
     spacing of all configurations."""
@@ -69,10 +70,10 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
     notes: list[str] = []
     if ndim == 3:
         full = plan_configuration(full_spacing, median_shape.tolist(), n_vox, n_classes, memory_gb,
-                                  network=network, **ov("3d_fullres"))
+                                  network=network, preset=preset, **ov("3d_fullres"))
         full["why"]["spacing"] = sp_why
         lowres, lowres_note = _plan_lowres(full, median_shape, n_cases, n_classes, memory_gb, network,
-                                           ov("3d_lowres"))
+                                           ov("3d_lowres"), preset)
         notes.append(lowres_note)
         full["batch_dice"] = lowres is not None
         configs["3d_fullres"] = full
@@ -80,11 +81,11 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
             lowres["batch_dice"] = False
             configs["3d_lowres"] = lowres
         two = plan_configuration(full_spacing[1:], median_shape[1:].tolist(), n_vox, n_classes, memory_gb,
-                                 network=network, **ov("2d"))
+                                 network=network, preset=preset, **ov("2d"))
         two["why"]["spacing"] = f"the in-plane axes of 3d_fullres, {full_spacing[1:]} mm"
     else:
         two = plan_configuration(full_spacing, median_shape.tolist(), n_vox, n_classes, memory_gb,
-                                 network=network, **ov("2d"))
+                                 network=network, preset=preset, **ov("2d"))
         two["why"]["spacing"] = sp_why
         notes.append("2D data set: only the 2d configuration applies")
     if "3d_lowres" in configs:
@@ -106,9 +107,11 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
         "dataset": spec.name,
         "planner": PLANNER_NAME,
         "axis_order": "array axis order: (z, y, x) for 3D, (y, x) for 2D; spacing in mm, sizes in voxels",
-        "memory_budget": {"gb": memory_gb, "assumed": (f"a GPU with {memory_gb:g} GB (nnU-Net's reference target)"
-                                                      if memory_gb == C.DEFAULT_MEMORY_GB else
-                                                      f"{memory_gb:g} GB, as given by --memory-gb")},
+        "memory_budget": {"gb": memory_gb, "preset": preset.name,
+                          "assumed": (f"a GPU with {memory_gb:g} GB (nnU-Net's reference target"
+                                      + ("" if preset.name == "default" else f" for {preset.name}") + ")"
+                                      if memory_gb == preset.memory_gb else
+                                      f"{memory_gb:g} GB, as given by --memory-gb")},
         "n_channels": spec.n_channels,
         "labels": spec.labels,
         "full_resolution_spacing": full_spacing,
@@ -131,7 +134,8 @@ def _cascade_stage(full: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plan_lowres(full: Mapping[str, Any], median_shape: npt.NDArray[np.float64], n_cases: int, n_classes: int,
-                 memory_gb: float, network: str, overrides: _Overrides) -> tuple[dict[str, Any] | None, str]:
+                 memory_gb: float, network: str, overrides: _Overrides, preset: Preset = PRESETS["default"]
+                 ) -> tuple[dict[str, Any] | None, str]:
     """3d_lowres only when the fullres patch covers under a quarter of the median image; spacing grows by 3%
     steps (coarse axes first) until it does. Dropped when the images shrink less than 2x."""
     full_sp = np.asarray(full["spacing"], dtype=np.float64)
@@ -154,7 +158,7 @@ def _plan_lowres(full: Mapping[str, Any], median_shape: npt.NDArray[np.float64],
         scaled = full_sp / sp * median_shape
         median_vox = float(np.prod(scaled, dtype=np.float64))
         lowres = plan_configuration(sp.tolist(), [round(float(s)) for s in scaled], median_vox * n_cases,
-                                    n_classes, memory_gb, network=network, **overrides)
+                                    n_classes, memory_gb, network=network, preset=preset, **overrides)
         patch_vox = float(np.prod(lowres["patch_size"], dtype=np.float64))
     shrink = float(np.prod(median_shape, dtype=np.float64)) / median_vox
     if shrink < C.LOWRES_MIN_SIZE_RATIO:

@@ -12,7 +12,6 @@ from segpipe.dataset.store import load_dataset
 from segpipe.errors import SegpipeError, fail
 from segpipe.io.jsonio import read_json, refuse_if_newer, write_json
 from segpipe.locking import locked
-from segpipe.planning import constants as C
 from segpipe.planning.planner import plan_dataset
 from segpipe.planning.plans import Plans, read_plans
 from segpipe.records import input_state, up_to_date, write_record
@@ -22,14 +21,17 @@ log = logging.getLogger(__name__)
 
 
 @locked("plan", exclusive=True)
-def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Sequence[float] | None = None,
+def run_plan(ws: Workspace, memory_gb: float | None = None, spacing: Sequence[float] | None = None,
              patch_size: Sequence[int] | None = None, batch_size: int | None = None, config: str | None = None,
              network: str = "plain", force: bool = False, budget_s: float | None = None, device: str = "auto",
-             precision: str = "auto", like: str | Path | None = None) -> tuple[Plans, bool]:
+             precision: str = "auto", like: str | Path | None = None, preset: str = "default"
+             ) -> tuple[Plans, bool]:
     """Plan ``ws``'s dataset. Returns (plans, skipped).
 
     With ``like`` (a planned data set's folder or its plans.json) the other data set's configurations are used
-    unchanged (:mod:`segpipe.planning.transfer`); overrides and ``budget_s`` are refused with it.
+    unchanged (:mod:`segpipe.planning.transfer`); overrides and ``budget_s`` are refused with it. ``preset``
+    (:mod:`segpipe.planning.presets`: default, resenc-m, resenc-l, resenc-xl) sets the memory target (unless
+    ``memory_gb`` is given), the memory model, the network and the batch cap.
 
     plans.json is written only after it parses as a :class:`Plans` (so every reader gets a valid plan); a
     plans.json that no longer parses (written by an older segpipe) is planned again.
@@ -39,7 +41,15 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Seq
     ``default_configuration``; without, plans are nnU-Net's and the default is 3d_fullres (2d for 2D data).
     """
     from segpipe.networks import resolve_network_name
+    from segpipe.planning.presets import get_preset
 
+    chosen = get_preset(preset)
+    if chosen.name != "default":
+        if network not in ("plain", chosen.network):
+            raise fail(f"--preset {preset} plans a '{chosen.network}' network; --network {network} contradicts it",
+                       "leave out --network (or --preset)")
+        network = chosen.network
+    memory_gb = chosen.memory_gb if memory_gb is None else memory_gb
     check_overrides(memory_gb, spacing, patch_size, batch_size)
     network = resolve_network_name(network)
     spec = load_dataset(ws)
@@ -48,7 +58,8 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Seq
     if budget_s is not None and not (_positive_number(budget_s)):
         raise fail(f"--budget {budget_s} s is not a positive duration", "give e.g. --budget 20m")
     settings: dict[str, Any] = {"memory_gb": memory_gb, "spacing": spacing, "patch_size": patch_size,
-                                "batch_size": batch_size, "config": config, "network": network}
+                                "batch_size": batch_size, "config": config, "network": network,
+                                "preset": chosen.name}
     source_path = None
     if like is not None:
         from segpipe.planning.transfer import source_plans_path
@@ -80,7 +91,7 @@ def run_plan(ws: Workspace, memory_gb: float = C.DEFAULT_MEMORY_GB, spacing: Seq
 
         raw = transfer_plans(read_plans(source_path), spec, fingerprint)
     else:
-        raw = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network)
+        raw = plan_dataset(fingerprint, spec, memory_gb, spacing, patch_size, batch_size, config, network, chosen)
     if budget_s is not None:
         from segpipe.planning.budget import plan_for_budget
         from segpipe.planning.calibration import Calibration
