@@ -47,9 +47,9 @@ def fingerprint(workspace: PathLike, name: str | None = None, *, workers: int = 
 def plan(workspace: PathLike, name: str | None = None, *, like: PathLike | None = None, force: bool = False,
          **overrides: Any) -> Any:
     """Plans for every configuration (:class:`segpipe.planning.plans.Plans`); ``like``: another planned data
-    set's folder whose plans are used unchanged; ``overrides``: ``memory_gb``, ``spacing``, ``patch_size``,
-    ``batch_size``, ``config``, ``network``, ``budget_s``, ``device``, ``precision`` as ``segpipe plan`` takes
-    them."""
+    set's folder whose plans are used unchanged; ``overrides``: ``preset`` (default, resenc-m, resenc-l,
+    resenc-xl), ``memory_gb``, ``spacing``, ``patch_size``, ``batch_size``, ``config``, ``network``,
+    ``budget_s``, ``device``, ``precision`` as ``segpipe plan`` takes them."""
     from segpipe.planning.run import run_plan
 
     return run_plan(_ws(workspace, name), like=Path(like) if like is not None else None, force=force,

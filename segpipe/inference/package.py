@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from segpipe._version import __version__
+from segpipe.dataset.model import case_id_problem
 from segpipe.dataset.store import load_dataset
 from segpipe.errors import fail
 from segpipe.inference.models import chosen_models, trained_folds
 from segpipe.io.atomic import atomic_path, atomic_write_bytes, verify_zip
 from segpipe.io.jsonio import read_json
 from segpipe.locking import locked
+from segpipe.planning.plans import load_plans
 from segpipe.workspace import Workspace
 
 PACKAGE_VERSION = 1
@@ -57,11 +60,17 @@ def export_model(ws: Workspace, out: Path, configs: list[str] | None = None, fol
     names, fs, _ = chosen_models(ws, configs, folds, best)
     members: dict[str, Path | bytes] = {
         "dataset.json": json.dumps(_portable_dataset(ws), indent=1).encode(), "plans.json": ws.plans_json}
-    if ws.selection_json.is_file():
+    if best:  # select's choice travels only with the models it names
         members["selection.json"] = ws.selection_json
+    plans = load_plans(ws)
+    wanted: list[tuple[str, list[str] | None]] = [(c, fs) for c in names]
+    for c in names:  # a cascade stage needs its previous stage: every trained fold of it, as predict uses them
+        previous = plans.configuration(c).previous_stage
+        if previous is not None and previous not in names:
+            wanted.append((previous, None))
     chosen: dict[str, list[str]] = {}
-    for c in names:
-        cfs = [str(f) for f in fs] if fs else trained_folds(ws, c)
+    for c, given in wanted:
+        cfs = [str(f) for f in given] if given else trained_folds(ws, c)
         if not cfs:
             raise fail(f"no trained fold of {c} to export", f"train it first: `segpipe train --config {c} --fold 0`",
                        file=ws.results_root(c))
@@ -69,8 +78,8 @@ def export_model(ws: Workspace, out: Path, configs: list[str] | None = None, fol
             fold = ws.results(c, f)
             for name in (CHECKPOINT, ORIGIN):
                 if not (fold / name).is_file():
-                    raise fail(f"fold {f} of {c} lacks {name}", "train the fold to the end (or --force it)",
-                               file=fold / name)
+                    raise fail(f"fold {f} of {c} lacks {name}", f"train the fold to the end: `segpipe train "
+                               f"--config {c} --fold {f}`", file=fold / name)
                 members[f"results/{c}/fold_{f}/{name}"] = fold / name
         chosen[c] = cfs
     files: dict[str, dict[str, Any]] = {}
@@ -83,6 +92,16 @@ def export_model(ws: Workspace, out: Path, configs: list[str] | None = None, fol
                     "dataset": ws.dataset, "configurations": chosen, "files": files}
         zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
     return manifest
+
+
+_MEMBER = re.compile(r"^(dataset\.json|plans\.json|selection\.json|results/[A-Za-z0-9][A-Za-z0-9._+-]*/"
+                     r"fold_[A-Za-z0-9]+/(checkpoint_final\.pt|trained_with\.json))$")
+
+
+def _allowed_member(name: str) -> bool:
+    """Only the files export_model writes, by name: no absolute paths, no ``..``, nothing else (a package can
+    never write outside its data set's folder)."""
+    return bool(_MEMBER.match(name)) and ".." not in name.split("/")
 
 
 def read_package(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -102,6 +121,11 @@ def read_package(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
                    f"export it again with this segpipe ({__version__})", file=path)
     listed = manifest.get("files", {})
     for name in sorted(set(listed) | set(members)):
+        if not _allowed_member(name):
+            raise fail(f"member {name!r} is not one a segpipe model package holds",
+                       "the package was not written by `segpipe export-model` (or was altered): nothing installed",
+                       file=path)
+    for name in sorted(set(listed) | set(members)):
         if name not in members or name not in listed:
             raise fail(f"member {name} is {'missing' if name not in members else 'not in the manifest'}",
                        "the package is damaged or was changed: export it again", file=path)
@@ -116,7 +140,12 @@ def import_model(path: Path, root: Path, name: str | None = None, force: bool = 
     returns its workspace. Refuses a data set there with other channels or labels, or other plans, and trained
     folds it would replace (unless ``force``)."""
     manifest, members = read_package(path)
-    ws = Workspace(root, name or manifest["dataset"])
+    dataset = name or str(manifest.get("dataset", ""))
+    why = case_id_problem(dataset)
+    if why:
+        raise fail(f"unsafe data set name {dataset!r}: {why.replace('case id', 'name')}",
+                   "give a name of letters, digits, '_', '-' with --name", file=path)
+    ws = Workspace(root, dataset)
     _install(ws, members, force)
     return ws
 

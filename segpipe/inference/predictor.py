@@ -98,8 +98,14 @@ class Predictor:
     def predict_image(self, image: sitk.Image | Sequence[sitk.Image]) -> sitk.Image:
         """The label map of a SimpleITK image (one per channel, same grid), as a SimpleITK image on its grid."""
         images = [image] if isinstance(image, sitk.Image) else list(image)
-        if not images:
-            raise fail("no image given", "give one SimpleITK image per channel")
+        if len(images) != self.spec.n_channels:
+            raise fail(f"{len(images)} image(s) given, the model expects {self.spec.n_channels}",
+                       f"give one SimpleITK image per channel: {list(self.spec.channels.values())}")
+        if any(i.GetNumberOfComponentsPerPixel() != 1 for i in images):
+            raise fail("a multi-component (e.g. RGB) image", "give one grey-value image per channel")
+        if any(i.GetSize() != images[0].GetSize() or i.GetSpacing() != images[0].GetSpacing() for i in images):
+            raise fail("the channel images are not on one grid (size or spacing differ)",
+                       "resample the channels onto one grid first")
         data = np.stack([sitk.GetArrayFromImage(i).astype(np.float32) for i in images])
         geo = geometry_of(images[0])
         label = self._predict(data, geo)
@@ -122,12 +128,16 @@ class Predictor:
         return label
 
     def predict_folder(self, input_dir: PathLike, output_dir: PathLike, workers: int = 1,
-                       save_probabilities: bool = False) -> list[str]:
+                       save_probabilities: bool = False, pixel_spacing: float | None = None,
+                       spacing_csv: PathLike | None = None) -> list[str]:
         """Every case of ``input_dir`` into ``output_dir``, as ``segpipe predict`` reads and writes them (no
-        record or lock of the workspace); returns the written files."""
+        record or lock of the workspace); returns the written files. 2D images without a pixel size (PNG, ...)
+        need ``pixel_spacing`` (mm) or ``spacing_csv``, as ``segpipe predict`` does."""
         return predict_folder(self.spec, self.models, Path(input_dir), Path(output_dir), self.device,
                               mirror=self.mirror, save_probabilities=save_probabilities,
-                              postprocess=self.postprocess, workers=workers, amp_dtype=self.amp_dtype)
+                              postprocess=self.postprocess, workers=workers, amp_dtype=self.amp_dtype,
+                              pixel_spacing=pixel_spacing, spacing_csv=Path(spacing_csv) if spacing_csv else None,
+                              step=self.step)
 
     def _predict(self, data: np.ndarray, geo: Geometry) -> np.ndarray:
         configs = [m.config for m in self.models] + [m.previous.config for m in self.models if m.previous]

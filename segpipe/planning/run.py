@@ -44,7 +44,12 @@ def run_plan(ws: Workspace, memory_gb: float | None = None, spacing: Sequence[fl
     from segpipe.planning.presets import get_preset
 
     chosen = get_preset(preset)
+    memory_given, network_given = memory_gb is not None, network != "plain"
     if chosen.name != "default":
+        if budget_s is not None:
+            raise fail(f"--preset {preset} and --budget choose the network in different ways",
+                       "give one of them: --budget measures this machine; --preset plans nnU-Net's ResEnc "
+                       "networks for a GPU of the preset's memory")
         if network not in ("plain", chosen.network):
             raise fail(f"--preset {preset} plans a '{chosen.network}' network; --network {network} contradicts it",
                        "leave out --network (or --preset)")
@@ -65,7 +70,10 @@ def run_plan(ws: Workspace, memory_gb: float | None = None, spacing: Sequence[fl
         from segpipe.planning.transfer import source_plans_path
 
         given = [flag for flag, v in (("--spacing", spacing), ("--patch-size", patch_size),
-                                      ("--batch-size", batch_size), ("--budget", budget_s)) if v is not None]
+                                      ("--batch-size", batch_size), ("--budget", budget_s), ("--config", config))
+                 if v is not None]
+        given += [flag for flag, changed in (("--preset", preset != "default"), ("--network", network_given),
+                                             ("--memory-gb", memory_given)) if changed]
         if given:
             raise fail(f"--like uses the other data set's plans unchanged; {', '.join(given)} cannot change them",
                        "leave out " + ", ".join(given) + " (or plan without --like)")

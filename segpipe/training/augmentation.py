@@ -29,10 +29,12 @@ from scipy import ndimage
 
 ROTATION_3D = math.radians(30)
 ROTATION_2D = math.pi
+ROTATION_2D_ELONGATED = math.radians(15)  # 2D patches whose sides differ by more than 1.5x (as nnU-Net)
+ELONGATED_2D_RATIO = 1.5
 SCALE = (0.7, 1.4)
 ANISOTROPIC_PATCH_RATIO = 3.0  # 3D patches this flat get in-plane (2D) spatial augmentation only
 P_ROTATION, P_SCALE = 0.2, 0.2
-P_NOISE, NOISE_VARIANCE = 0.1, (0.0, 0.1)
+P_NOISE, NOISE_STD = 0.1, (0.0, 0.1)  # nnU-Net's "noise_variance" (0, 0.1) is used as the standard deviation
 P_BLUR, P_BLUR_CHANNEL, BLUR_SIGMA = 0.2, 0.5, (0.5, 1.0)
 P_BRIGHTNESS, BRIGHTNESS = 0.15, (0.75, 1.25)
 P_CONTRAST, CONTRAST = 0.15, (0.75, 1.25)
@@ -75,7 +77,9 @@ def draw_spatial(patch: Sequence[int], rng: np.random.Generator) -> np.ndarray |
     m = np.eye(d)
     if rotate:
         if d == 2 or flat:  # one angle in the (y, x) plane
-            m = _rotation(d, d - 2, d - 1, float(rng.uniform(-ROTATION_2D, ROTATION_2D)))
+            limit = (ROTATION_2D_ELONGATED if d == 2 and max(patch) / min(patch) > ELONGATED_2D_RATIO
+                     else ROTATION_2D)
+            m = _rotation(d, d - 2, d - 1, float(rng.uniform(-limit, limit)))
         else:  # around each of the three axes
             for axis in range(3):
                 a, b = [k for k in range(3) if k != axis]
@@ -185,7 +189,7 @@ def intensity_and_mirror(data: np.ndarray, seg: np.ndarray, rng: np.random.Gener
     x = torch.from_numpy(np.array(data, dtype=np.float32))  # a copy: the caller's array is untouched
     spatial = x.shape[1:]
     if rng.random() < P_NOISE:
-        std = math.sqrt(rng.uniform(*NOISE_VARIANCE))
+        std = float(rng.uniform(*NOISE_STD))
         x += torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32)) * std
     if rng.random() < P_BLUR:
         for c in range(x.shape[0]):

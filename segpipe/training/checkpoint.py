@@ -40,7 +40,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def check_compatible(state: dict, network: NetworkPlan, path: str | os.PathLike) -> None:
     """Refuse a checkpoint trained with a different network topology than the current plan."""
-    keys = ("name", "n_stages", "features_per_stage", "kernel_sizes", "strides")
+    keys = ("name", "n_stages", "features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage",
+            "n_conv_per_stage_decoder")
     old = {k: state.get("network_plan", {}).get(k) for k in keys}
     current = network.to_json()
     new = {k: current.get(k) for k in keys}

@@ -4,8 +4,9 @@
 Every weight of the new network whose name and shape match the checkpoint's is loaded (``full``), or only the
 encoder's (``encoder``: the decoder and heads start fresh). A weight that differs only in its input channels
 (axis 1 of a convolution, ``(out, in, *kernel)``) because this data set has more channels than the pretrained
-model's gets the checkpoint's channels repeated cyclically and scaled by ``old in / new in``, so that an input
-whose channels all look like the old ones gives the same activation. Everything else that does not fit is
+model's gets the checkpoint's channels repeated cyclically and scaled by ``old in / new in`` (when the new count
+is a multiple of the old, an input whose extra channels repeat the old ones gives the same activation; otherwise
+it is a starting point, not an equivalence). Everything else that does not fit is
 skipped and left as initialized: the segmentation heads when the labels differ (``(n_classes, ...)``), and
 layers whose shapes differ otherwise. What happened to every key is written to the fold folder as
 ``init_report.json`` (one writer: :func:`segpipe.training.run.run_train`).

@@ -64,6 +64,17 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     is_main = int(os.environ.get("RANK", "0")) == 0
     stage = records.train_stage(config, fold)
     origin = records.fold_origin(ws, cfg)
+    if init_from is not None and force and Path(init_from).resolve().is_relative_to(out.resolve()):
+        raise fail("the checkpoint to start from lies in the fold that --force clears",
+                   "copy it out of the fold folder first and give that copy to --init-from", file=init_from)
+    if init_from is not None and not force and (final.is_file() or latest.is_file()):
+        log.warning("--init-from %s is not applied: this fold %s (use --force to start it over from those "
+                    "weights)", init_from, "is already trained" if final.is_file() else "resumes its own run")
+    if init_from is not None and (force or not (final.is_file() or latest.is_file())):
+        # before anything of the fold is deleted: the checkpoint must exist, load and fit this network
+        from segpipe.networks import build_network
+
+        initialize_from(build_network(cfg.network, n_inputs, spec.n_classes), init_from, init_mode)
     if force and out.exists() and is_main:
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)
@@ -86,7 +97,10 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         elif latest.is_file():
             raise fail("this fold has an unfinished run", "re-run with --resume to continue it, or --force to "
                        "start over", file=latest)
-        elif init_from is not None:
+        elif init_from is None:
+            if is_main:  # a fresh start from random weights: no report of an earlier, killed fine-tuning start
+                (out / INIT_REPORT).unlink(missing_ok=True)
+        else:
             report = initialize_from(t.network, init_from, init_mode)
             log.info("initialized from %s (%s): %d weights loaded, %d reshaped, %d skipped (%s)", init_from,
                      init_mode, len(report["loaded"]), len(report["reshaped"]), len(report["skipped"]),

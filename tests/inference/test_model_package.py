@@ -87,3 +87,19 @@ def test_torchscript_export_matches_the_network_on_a_real_case(tiny_one_fold: Pa
     with torch.inference_mode():
         assert torch.allclose(traced(x), model.networks[0](x), atol=1e-5)
     assert main(["export-network", "-w", str(tiny_one_fold), "-o", str(out)]) == 2  # exists: not replaced
+
+
+def test_a_package_cannot_write_outside_its_data_set(tmp_path: Path, capsys):
+    """Zip slip: a crafted package whose manifest lists '../../evil.json' with a correct checksum is refused."""
+    import hashlib
+
+    evil = b'{"x": 1}'
+    package = tmp_path / "evil.zip"
+    with zipfile.ZipFile(package, "w") as zf:
+        zf.writestr("../../evil.json", evil)
+        zf.writestr("manifest.json", json.dumps({
+            "kind": "segpipe_model", "package_version": 1, "dataset": "d", "configurations": {},
+            "files": {"../../evil.json": {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}}}))
+    assert main(["import-model", str(package), "-w", str(tmp_path / "ws" / "inner")]) == 2
+    assert "is not one a segpipe model package holds" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("evil.json"))

@@ -51,3 +51,12 @@ def test_plans_for_other_channels_or_with_overrides_are_refused(tiny_ws_template
     assert "--patch-size cannot change them" in capsys.readouterr().err
     assert main(["plan", "-w", str(ws), "-n", "one", "--like", str(tmp_path / "nowhere")]) == 2
     assert "no plans.json to transfer from" in capsys.readouterr().err
+
+
+def test_like_refuses_options_it_would_ignore(tiny_ws_template: Path, tmp_path: Path, capsys):
+    ws = tmp_path / "ws"
+    _onboard(make_msd(tmp_path / "other", hippo_ids(4)), ws, "one")
+    for extra in (["--preset", "resenc-m"], ["--memory-gb", "24"], ["--network", "residual"], ["--config", "2d"]):
+        capsys.readouterr()
+        assert main(["plan", "-w", str(ws), "-n", "one", "--like", str(tiny_ws_template / "tiny"), *extra]) == 2
+        assert f"{extra[0]} cannot change them" in capsys.readouterr().err

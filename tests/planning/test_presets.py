@@ -85,3 +85,13 @@ def test_plan_preset_from_the_cli(tiny_ws_template: Path, tmp_path: Path, capsys
     assert plans["configurations"]["3d_fullres"]["network"]["name"] == "residual"
     assert main(["plan", "-w", str(ws), "--preset", "resenc-m", "--network", "plain", "--force"]) == 0
     assert main(["plan", "-w", str(ws), "--preset", "resenc-m", "--network", "plainx", "--force"]) == 2
+
+
+def test_a_preset_with_a_budget_is_refused(tiny_ws_template: Path, tmp_path: Path, capsys):
+    from conftest import copy_ws
+
+    from segpipe.cli import main
+
+    ws = copy_ws(tiny_ws_template, tmp_path / "ws")
+    assert main(["plan", "-w", str(ws), "--preset", "resenc-m", "--budget", "5m", "--force"]) == 2
+    assert "--preset resenc-m and --budget" in capsys.readouterr().err

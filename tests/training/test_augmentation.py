@@ -259,3 +259,23 @@ def test_mirroring_flips_image_and_label_identically(monkeypatch, dim: str):
         assert sorted(np.unique(s)) == sorted(np.unique(seg))
         flipped += not np.array_equal(s, seg)
     assert flipped > 0
+
+
+def test_noise_has_nnunets_strength(monkeypatch):
+    """nnU-Net draws the noise's standard deviation from (0, 0.1) (its "variance" range is used as the std)."""
+    _only(monkeypatch, P_NOISE=1.0)
+    data = np.zeros((1, 16, 32, 32), np.float32)
+    stds = [float(aug.intensity_and_mirror(data, np.zeros((1, 16, 32, 32), np.int16),
+                                           np.random.default_rng(s))[0].std()) for s in range(30)]
+    assert max(stds) <= 0.101 and min(stds) < 0.03 and max(stds) > 0.07
+
+
+def test_elongated_2d_patches_rotate_by_at_most_15_degrees():
+    rng = np.random.default_rng(0)
+    angles = []
+    for _ in range(400):
+        m = aug.draw_spatial([16, 40], rng)  # sides differ by more than 1.5x
+        if m is not None:
+            rot = m / np.sqrt((m ** 2).sum(axis=0))[None, :]
+            angles.append(abs(np.degrees(np.arctan2(rot[1, 0], rot[0, 0]))))
+    assert angles and max(angles) <= 15 + 1e-6 and max(angles) > 10

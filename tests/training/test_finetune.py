@@ -84,3 +84,34 @@ def test_finetune_from_the_cli_on_a_dataset_with_other_labels(tiny_one_fold: Pat
     assert main(args + ["--force", "--init-mode", "encoder"]) == 0
     report = read_json(fold / "init_report.json", kind="init_report")
     assert report["mode"] == "encoder" and all(k.startswith("encoder.") for k in report["loaded"])
+
+
+def test_a_bad_init_checkpoint_is_refused_before_force_clears_the_fold(tiny_one_fold: Path, tmp_path: Path):
+    from conftest import copy_ws
+
+    ws = copy_ws(tiny_one_fold, tmp_path / "ws")
+    fold = ws / "tiny" / "results" / "3d_fullres" / "fold_0"
+    before = sorted(p.name for p in fold.iterdir())
+    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
+                 "--iterations-per-epoch", "1", "--workers", "0", "--no-validation", "--force",
+                 "--init-from", str(tmp_path / "missing.pt")]) == 2
+    assert sorted(p.name for p in fold.iterdir()) == before and (fold / "checkpoint_final.pt").is_file()
+    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "0", "--epochs", "1",
+                 "--iterations-per-epoch", "1", "--workers", "0", "--no-validation", "--force",
+                 "--init-from", str(fold / "checkpoint_final.pt")]) == 2  # would delete its own source
+    assert (fold / "checkpoint_final.pt").is_file()
+
+
+def test_a_fresh_start_without_init_drops_the_report_of_a_killed_fine_tuning(tiny_ws_template: Path,
+                                                                             tmp_path: Path):
+    from conftest import copy_ws
+
+    ws = copy_ws(tiny_ws_template, tmp_path / "ws")
+    fold = ws / "tiny" / "results" / "3d_fullres" / "fold_1"
+    fold.mkdir(parents=True)
+    (fold / "init_report.json").write_text('{"checkpoint": "x", "sha256": "y", "mode": "full"}')  # killed in epoch 0
+    assert main(["train", "-w", str(ws), "--config", "3d_fullres", "--fold", "1", "--epochs", "1",
+                 "--iterations-per-epoch", "1", "--workers", "0", "--no-validation"]) == 0
+    assert not (fold / "init_report.json").exists()
+    record = read_json(ws / "tiny" / "records" / "train_3d_fullres_fold_1.json")
+    assert "init" not in record["settings"]
