@@ -26,13 +26,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.dataset.reading import read_channels
 from segpipe.dataset.store import load_dataset
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import fail
 from segpipe.inference.export import export_prediction
+from segpipe.inference.inputs import apply_spacing
 from segpipe.inference.models import chosen_models, load_models
 from segpipe.inference.predict import case_probabilities, predict_folder
-from segpipe.io.images import Geometry, geometry_of, read_image, write_image
+from segpipe.io.images import Geometry, geometry_of, write_image
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.workspace import Workspace
 
@@ -113,18 +116,33 @@ class Predictor:
         out.CopyInformation(images[0])
         return out
 
-    def predict_file(self, paths: PathLike | Sequence[PathLike], output: PathLike | None = None) -> np.ndarray:
-        """The label map of the image file(s) (one per channel, in the data set's channel order); written to
-        ``output`` (format by ending, the input's geometry) when given."""
-        files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        arrays, geos = zip(*(read_image(p) for p in files))
-        data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
+    def predict_file(self, paths: PathLike | Sequence[PathLike], output: PathLike | None = None,
+                     pixel_spacing: float | None = None, spacing_csv: PathLike | None = None) -> np.ndarray:
+        """The label map of one case's image file(s): one file per channel in the data set's channel order (or
+        one 4D file for a data set stored that way), read exactly as ``segpipe predict`` reads its inputs
+        (channel geometries compared, grey images stored as RGB accepted, 2D images given their pixel size in mm by
+        ``pixel_spacing`` or ``spacing_csv``). Written to ``output`` (format by ending, the input's header
+        geometry) when given."""
+        files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+        files = [f.expanduser().absolute() for f in files]
+        root = Path(os.path.commonpath([str(f.parent) for f in files]))
+        case = CaseEntry(files[0].name.split(".")[0] or "input", [f.relative_to(root).as_posix() for f in files])
+        expected = 1 if self.spec.channels_in_file else self.spec.n_channels
+        if len(files) != expected:
+            raise fail(f"{len(files)} file(s) given, the model expects {expected}",
+                       f"give one file per channel: {list(self.spec.channels.values())}" if expected > 1 else
+                       "give the case's one image file", file=files[0])
+        apply_spacing(root, [case], pixel_spacing, Path(spacing_csv) if spacing_csv else None)
+        spec = DatasetSpec(self.spec.name, str(root), self.spec.format, self.spec.channels, self.spec.labels,
+                           self.spec.file_ending, [case], channels_in_file=self.spec.channels_in_file,
+                           allow_external_links=True)
+        data, geo = read_channels(spec, root, case)
         if data.shape[0] != self.spec.n_channels:
-            raise fail(f"{data.shape[0]} channel file(s), the model expects {self.spec.n_channels}",
-                       f"give one file per channel: {list(self.spec.channels.values())}", file=str(files[0]))
-        label = self._predict(data, geos[0])
+            raise fail(f"the image has {data.shape[0]} channel(s), the model expects {self.spec.n_channels}",
+                       "give the same channels as in training", file=files[0])
+        label = self._predict(data, geo)
         if output is not None:
-            write_image(label, geos[0], output)
+            write_image(label, geo.as_in_file(), output)
         return label
 
     def predict_folder(self, input_dir: PathLike, output_dir: PathLike, workers: int = 1,
