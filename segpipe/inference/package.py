@@ -25,7 +25,7 @@ from segpipe._version import __version__
 from segpipe.dataset.model import case_id_problem
 from segpipe.dataset.store import load_dataset
 from segpipe.errors import fail
-from segpipe.inference.models import chosen_models, trained_folds
+from segpipe.inference.models import _check_folds_plan, chosen_models, trained_folds
 from segpipe.io.atomic import atomic_path, atomic_write_bytes, verify_zip
 from segpipe.io.jsonio import read_json
 from segpipe.locking import locked
@@ -74,6 +74,7 @@ def export_model(ws: Workspace, out: Path, configs: list[str] | None = None, fol
         if not cfs:
             raise fail(f"no trained fold of {c} to export", f"train it first: `segpipe train --config {c} --fold 0`",
                        file=ws.results_root(c))
+        _check_folds_plan(ws, c, plans.configuration(c), cfs)  # a fold of an older plan would fail at predict
         for f in cfs:
             fold = ws.results(c, f)
             for name in (CHECKPOINT, ORIGIN):
@@ -172,6 +173,10 @@ def _install(ws: Workspace, members: dict[str, bytes], force: bool) -> None:
         target = ws.dir / arc
         if arc in ("dataset.json", "plans.json") and target.is_file():
             continue  # checked equal above (channels, labels, configurations)
+        if arc in ("dataset.json", "plans.json"):  # the data set's name inside them is the one it is installed as
+            doc = json.loads(data)
+            doc["name" if arc == "dataset.json" else "dataset"] = ws.dataset
+            data = json.dumps(doc, indent=1).encode()
         if arc.endswith(".pt"):
             with atomic_path(target, verify=verify_zip) as tmp:
                 tmp.write_bytes(data)

@@ -69,6 +69,25 @@ def test_damaged_packages_and_other_labels_are_refused(tiny_one_fold: Path, tmp_
     assert main(["import-model", str(package), "-w", str(other)]) == 2
     assert "exists here with other labels" in capsys.readouterr().err
     assert main(["import-model", str(package), "-w", str(other), "-n", "tiny2"]) == 0
+    assert json.loads((other / "tiny2" / "dataset.json").read_text())["name"] == "tiny2"  # installed name inside
+    assert json.loads((other / "tiny2" / "plans.json").read_text())["dataset"] == "tiny2"
+    assert main(["predict", "-w", str(other), "-n", "tiny2", "-i", str(src / "imagesTr"), "-o",
+                 str(tmp_path / "p2"), "-f", "0", "--no-mirror", "--workers", "1"]) == 0
+
+
+def test_folds_of_an_older_plan_are_not_exported(tiny_one_fold: Path, tmp_path: Path, capsys):
+    from conftest import copy_ws
+
+    from segpipe.io.jsonio import read_json, write_json
+
+    ws = copy_ws(tiny_one_fold, tmp_path / "ws")
+    plans_path = ws / "tiny" / "plans.json"
+    plans = read_json(plans_path, kind="plans")
+    plans["configurations"]["3d_fullres"]["batch_size"] = 3  # re-planned after fold 0 was trained
+    write_json(plans_path, plans, kind="plans")
+    capsys.readouterr()
+    assert main(["export-model", "-w", str(ws), "-o", str(tmp_path / "m.zip")]) == 2
+    assert "3d_fullres" in capsys.readouterr().err and not (tmp_path / "m.zip").exists()
 
 
 def test_torchscript_export_matches_the_network_on_a_real_case(tiny_one_fold: Path, tmp_path: Path, capsys):
