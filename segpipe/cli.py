@@ -300,7 +300,8 @@ def parse_onboard_args(source, name: str, args: list[str]) -> tuple:
 def cmd_demo(a: argparse.Namespace) -> int:
     from segpipe.demo import run_demo
 
-    run_demo(Path(a.workspace), workers=a.workers, force=a.force, budget=a.budget, configs=a.config, echo=print)
+    run_demo(Path(a.workspace), workers=a.workers, force=a.force, budget=a.budget, configs=a.config, echo=print,
+             device=a.device, precision=a.precision)
     return 0
 
 
@@ -507,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workspace", "-w", default="demo_workspace", help="where to put the demo's artifacts")
     d.add_argument("--budget", default="2m", help="training budget per fold (default %(default)s)")
     d.add_argument("--config", "-c", nargs="+", help="configurations to train (default: 2d)")
+    _add_device(d)
     _add_common(d)
     d.set_defaults(func=cmd_demo)
     return p

@@ -40,13 +40,15 @@ class DemoResult:
 
 
 def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str = "2m",
-             configs: list[str] | None = None, echo: Callable[[str], None] | None = None) -> DemoResult:
-    """Run the demo in ``workspace``; results go to ``echo`` when given (the command line passes ``print``)."""
+             configs: list[str] | None = None, echo: Callable[[str], None] | None = None, device: str = "auto",
+             precision: str = "auto") -> DemoResult:
+    """Run the demo in ``workspace`` on ``device`` (auto, cpu, cuda) with ``precision``; results go to ``echo``
+    when given (the command line passes ``print``)."""
     say = echo or (lambda text: None)
     t0 = time.monotonic()
     workspace = Path(workspace).absolute()
     run = run_all(EXAMPLE, workspace, DEMO_NAME, configs=configs or ["2d"], budget=budget, workers=workers,
-                  force_onboard=force, echo=say)
+                  force_onboard=force, echo=say, device=device, precision=precision)
     ws = run.workspace
     inp, ref = ws.scratch("demo_input") / "images", ws.scratch("demo_input") / "labels"
     for folder in (inp, ref):
@@ -57,7 +59,8 @@ def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str
             if not dst.exists():
                 os.symlink(src, dst)
     out = ws.predictions("demo_best")
-    written, desc = run_predict(ws, inp, out, best=True, mirror=False, workers=workers)
+    written, desc = run_predict(ws, inp, out, best=True, mirror=False, workers=workers, device=device,
+                                precision=precision)
     summary = evaluate_folders(out, ref, load_dataset(ws).labels, out, workers=workers)
     result = DemoResult(run, written, float(summary["foreground_mean_dice"]),
                         run.cross_validation_dice if run.cross_validation_dice is not None else float("nan"),

@@ -5,11 +5,13 @@ from pathlib import Path
 from segpipe.cli import main
 from segpipe.io.images import read_image
 from segpipe.io.jsonio import read_json
+from segpipe.training.checkpoint import load_checkpoint
 
 
 def test_demo_runs_every_stage_on_packaged_data(tmp_path: Path, capsys):
     # 20 s per fold: room for the final validation's reserve even on a loaded machine
-    assert main(["demo", "--workspace", str(tmp_path / "demo"), "--workers", "2", "--budget", "20s"]) == 0
+    assert main(["demo", "--workspace", str(tmp_path / "demo"), "--workers", "2", "--budget", "20s",
+                 "--device", "cpu", "--precision", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "3d_fullres" in out and "cross-validation Dice" in out and "demo finished" in out
     ds = tmp_path / "demo" / "hippocampus_example"
@@ -20,6 +22,8 @@ def test_demo_runs_every_stage_on_packaged_data(tmp_path: Path, capsys):
     assert sel["configs"] == ["2d"] and 0 <= sel["cv_dice"]["foreground_mean_dice"] <= 1
     for k in range(5):
         assert (ds / "results" / "2d" / f"fold_{k}" / "checkpoint_final.pt").is_file()
+    settings = load_checkpoint(ds / "results" / "2d" / "fold_0" / "checkpoint_final.pt")["settings"]
+    assert settings["device"] == "cpu" and settings["precision"] == "bf16"  # demo's --device/--precision used
     preds = sorted((ds / "predictions" / "demo_best").glob("*.nii.gz"))
     assert len(preds) == 4
     _, g = read_image(preds[0])
