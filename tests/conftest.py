@@ -137,21 +137,26 @@ TINY_NETWORK = {"name": "plain", "n_stages": 3, "features_per_stage": [4, 8, 16]
 def tiny_ws_template(tmp_path_factory) -> Path:
     """A workspace (6 real hippocampus cases from the shipped example data, 3d_fullres preprocessed) whose plan
     uses a tiny network and patch, so training runs in seconds. Copy it (``copy_ws``) before changing anything."""
+
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny_workspace(make_msd(root / "src", hippo_ids(6)), root / "ws", "tiny")
+
+
+def make_tiny_workspace(src: Path, ws: Path, name: str, workers: int = 1) -> Path:
+    """Onboard ``src`` as ``name`` into ``ws``, fingerprint and plan it, give 3d_fullres the tiny network and a
+    [16, 24, 16] patch (batch 2), and preprocess 3d_fullres: a workspace that trains in seconds."""
     from segpipe.cli import main
     from segpipe.io.jsonio import read_json, write_json
 
-    root = tmp_path_factory.mktemp("tiny")
-    src = make_msd(root / "src", hippo_ids(6))
-    ws = root / "ws"
-    assert main(["onboard", str(src), "--name", "tiny", "--workspace", str(ws), "--workers", "1"]) == 0
+    assert main(["onboard", str(src), "--name", name, "--workspace", str(ws), "--workers", str(workers)]) == 0
     assert main(["fingerprint", "-w", str(ws), "--workers", "1"]) == 0
     assert main(["plan", "-w", str(ws)]) == 0
-    plans_path = ws / "tiny" / "plans.json"
+    plans_path = ws / name / "plans.json"
     plans = read_json(plans_path, kind="plans")
     cfg = plans["configurations"]["3d_fullres"]
     cfg.update({"patch_size": [16, 24, 16], "batch_size": 2, "network": dict(TINY_NETWORK)})
     write_json(plans_path, plans, kind="plans")
-    assert main(["preprocess", "-w", str(ws), "--config", "3d_fullres", "--workers", "1"]) == 0
+    assert main(["preprocess", "-w", str(ws), "--config", "3d_fullres", "--workers", str(workers)]) == 0
     return ws
 
 

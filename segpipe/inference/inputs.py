@@ -156,6 +156,13 @@ def warn_if_label_maps(input_dir: Path, cases: list[CaseEntry], spec: DatasetSpe
     return True
 
 
+def input_spec(spec: DatasetSpec, root: Path, cases: list[CaseEntry]) -> DatasetSpec:
+    """The data set ``spec`` describing ``cases`` of an input folder ``root`` (outside the workspace): what
+    :func:`segpipe.dataset.reading.read_channels` reads a predict input with."""
+    return DatasetSpec(spec.name, str(root), spec.format, spec.channels, spec.labels, spec.file_ending, cases,
+                       channels_in_file=spec.channels_in_file, allow_external_links=True)
+
+
 def resolve_inputs(input_dir: Path, spec: DatasetSpec, pixel_spacing: float | None = None,
                    spacing_csv: Path | None = None) -> list[CaseEntry]:
     """The cases of ``input_dir`` ready for prediction: discovered (:func:`discover_inputs`), 2D cases given

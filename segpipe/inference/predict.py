@@ -33,7 +33,7 @@ from segpipe.dataset.reading import read_channels
 from segpipe.errors import Problem, fail, failure_problems
 from segpipe.inference.cascade import cascade_input
 from segpipe.inference.export import export_prediction
-from segpipe.inference.inputs import discover_inputs, resolve_inputs  # noqa: F401 - discover_inputs re-exported
+from segpipe.inference.inputs import discover_inputs, input_spec, resolve_inputs  # noqa: F401 - discover_inputs re-exported
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
 from segpipe.io.atomic import TMP_PREFIX, remove_stale_temporaries
 from segpipe.io.images import GeometryDict, file_ending
@@ -152,8 +152,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     if output_dir == input_dir:
         raise fail("output folder is the input folder", "write predictions to another folder", file=output_dir)
     cases = resolve_inputs(input_dir, spec, pixel_spacing, spacing_csv)
-    in_spec = DatasetSpec(spec.name, str(input_dir), spec.format, spec.channels, spec.labels, spec.file_ending,
-                          cases, channels_in_file=spec.channels_in_file, allow_external_links=True)
+    in_spec = input_spec(spec, input_dir, cases)
     # every configuration to preprocess each case for: the models' and, for cascade stages, their previous stages'
     configs = [m.config for m in models] + [m.previous.config for m in models if m.previous is not None]
     ending = file_ending(cases[0].images[0]) or spec.file_ending

@@ -26,13 +26,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.dataset.model import CaseEntry
 from segpipe.dataset.reading import read_channels
 from segpipe.dataset.store import load_dataset
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import fail
 from segpipe.inference.export import export_prediction
-from segpipe.inference.inputs import apply_spacing
+from segpipe.inference.inputs import apply_spacing, input_spec
 from segpipe.inference.models import chosen_models, load_models
 from segpipe.inference.predict import case_probabilities, predict_folder
 from segpipe.io.images import Geometry, geometry_of, write_image
@@ -133,10 +133,7 @@ class Predictor:
                        f"give one file per channel: {list(self.spec.channels.values())}" if expected > 1 else
                        "give the case's one image file", file=files[0])
         apply_spacing(root, [case], pixel_spacing, Path(spacing_csv) if spacing_csv else None)
-        spec = DatasetSpec(self.spec.name, str(root), self.spec.format, self.spec.channels, self.spec.labels,
-                           self.spec.file_ending, [case], channels_in_file=self.spec.channels_in_file,
-                           allow_external_links=True)
-        data, geo = read_channels(spec, root, case)
+        data, geo = read_channels(input_spec(self.spec, root, [case]), root, case)
         if data.shape[0] != self.spec.n_channels:
             raise fail(f"the image has {data.shape[0]} channel(s), the model expects {self.spec.n_channels}",
                        "give the same channels as in training", file=files[0])

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import TINY_NETWORK, hippo_ids, make_msd
+from conftest import hippo_ids, make_msd, make_tiny_workspace
 
 from segpipe.cli import main
 from segpipe.dataset.model import DatasetSpec
 from segpipe.evaluation.metrics import case_metrics, class_counts
 from segpipe.evaluation.summary import summarize
-from segpipe.io.jsonio import read_json, write_json
+from segpipe.io.jsonio import read_json
 from segpipe.preprocessing.store import load_case
 
 LABELS = {"background": 0, "anterior": 1, "posterior": 2, "ignore": 3}
@@ -74,16 +74,7 @@ def test_onboarding_refuses_an_ignore_label_that_is_not_the_highest(tmp_path: Pa
 def test_sparse_labels_train_and_predict_dense(tmp_path: Path):
     src = make_msd(tmp_path / "src", hippo_ids(6))
     _sparsify(src)
-    ws = tmp_path / "ws"
-    assert main(["onboard", str(src), "--name", "sparse", "--workspace", str(ws), "--workers", "2"]) == 0
-    assert main(["fingerprint", "-w", str(ws), "--workers", "1"]) == 0
-    assert main(["plan", "-w", str(ws)]) == 0
-    plans_path = ws / "sparse" / "plans.json"
-    plans = read_json(plans_path, kind="plans")
-    plans["configurations"]["3d_fullres"].update({"patch_size": [16, 24, 16], "batch_size": 2,
-                                                  "network": dict(TINY_NETWORK)})
-    write_json(plans_path, plans, kind="plans")
-    assert main(["preprocess", "-w", str(ws), "--config", "3d_fullres", "--workers", "2"]) == 0
+    ws = make_tiny_workspace(src, tmp_path / "ws", "sparse", workers=2)
 
     pre = ws / "sparse" / "preprocessed" / "3d_fullres"
     cid = hippo_ids(6)[0]
