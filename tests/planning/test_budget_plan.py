@@ -56,14 +56,16 @@ def test_a_generous_budget_keeps_nnunets_plan(hippo_plans):
 
 
 def test_a_short_budget_on_a_slow_machine_trades_fidelity_for_iterations(hippo_plans):
-    plans, _ = _plan(hippo_plans, 4e-8, 600)  # ~1.5 s/iteration for nnU-Net's plan (batch 2 on 6 cases)
+    plans, _ = _plan(hippo_plans, 2e-8, 600)  # ~0.75 s/iteration for nnU-Net's plan (batch 2 on 6 cases)
     b = plans["budget"]
     chosen = next(c for c in b["candidates"] if c["name"] == b["candidate"])
-    assert chosen["expected_iterations"] >= B.MIN_ITERATIONS
+    def minimum(c: dict) -> int:
+        return B.MIN_ITERATIONS_3D if len(c["patch_size"]) == 3 else B.MIN_ITERATIONS_2D
+
+    assert chosen["expected_iterations"] >= minimum(chosen)
     nnunet = next(c for c in b["candidates"] if c["name"] == "3d_fullres")
-    assert b["candidate"] != "3d_fullres" and nnunet["expected_iterations"] < B.MIN_ITERATIONS
-    assert all(c["expected_iterations"] < B.MIN_ITERATIONS for c in b["candidates"]
-               if c["fidelity"] > chosen["fidelity"])
+    assert b["candidate"] != "3d_fullres" and nnunet["expected_iterations"] < B.MIN_ITERATIONS_3D
+    assert all(c["expected_iterations"] < minimum(c) for c in b["candidates"] if c["fidelity"] > chosen["fidelity"])
     cfg = plans["configurations"][b["chosen"]]
     assert cfg["patch_size"] == chosen["patch_size"] and cfg["normalization"] and cfg["resampling"]
     assert plans["default_configuration"] == b["chosen"] and "why" in cfg and "budget" in cfg["why"]
@@ -109,3 +111,32 @@ def test_plan_budget_from_the_command_line_records_and_explains(tiny_ws_template
 
 def test_without_a_budget_the_default_is_nnunets_main_configuration(hippo_plans):
     assert hippo_plans[0]["default_configuration"] == "3d_fullres"  # 2d for 2D data: tests/planning/test_planner.py
+
+
+def _candidate(name: str, dims: int, fidelity: float, seconds: float) -> B.Candidate:
+    cfg = {"patch_size": [32] * dims, "batch_size": 2 if dims == 3 else 12, "spacing": [1.0] * dims,
+           "network": {"features_per_stage": [8, 16]}}
+    return B.Candidate(name, cfg, fidelity, 1.0, name, seconds_per_iteration=seconds)
+
+
+def test_the_minimum_of_iterations_depends_on_the_patch_dimensions(monkeypatch):
+    """3D candidates must reach MIN_ITERATIONS_3D (1500: the CT set's Brainstem was still missed after 900
+    iterations of batch 2), 2D ones MIN_ITERATIONS_2D (batch 12)."""
+    from segpipe.training.budget import FinalValidationCost
+
+    monkeypatch.setattr(B, "_final_validation", lambda *a: FinalValidationCost(1, 1, 0.0, 8, 0.0))
+    budget = B.STARTUP_S + 1000 * B.ITERATION_OVERHEAD * 0.1  # 0.1 s/iteration: ~1000 iterations
+    faithful_3d = _candidate("3d_a", 3, 0.9, 0.1)   # ~1000 expected: under the 3D minimum
+    cheaper_3d = _candidate("3d_b", 3, 0.5, 0.05)   # ~2000 expected
+    two_d = _candidate("2d", 2, 0.6, 0.1)           # ~1000 expected: over the 2D minimum
+    best, why = B.choose([faithful_3d, cheaper_3d, two_d], budget, {}, {}, 3)
+    assert faithful_3d.expected_iterations < B.MIN_ITERATIONS_3D <= cheaper_3d.expected_iterations
+    assert two_d.expected_iterations >= B.MIN_ITERATIONS_2D and two_d.fidelity > cheaper_3d.fidelity
+    assert best is cheaper_3d and "minimum" in why  # 3D data: a 3D candidate that reaches its minimum wins
+    best, _ = B.choose([faithful_3d, two_d], budget, {}, {}, 3)
+    assert best is two_d  # no 3D candidate reaches its minimum: the 2D one that does
+    # none reaches its minimum: the one closest to it (relative), not the 2D one with more raw iterations
+    slow_3d = _candidate("3d_c", 3, 0.9, 0.12)      # ~830 of 1500
+    slow_2d = _candidate("2d_c", 2, 0.6, 0.5)       # ~200 of 500
+    best, why = B.choose([slow_3d, slow_2d], budget, {}, {}, 3)
+    assert best is slow_3d and "closest" in why
