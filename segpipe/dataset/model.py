@@ -16,16 +16,38 @@ from segpipe.errors import Problem, SegpipeError, fail
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 IGNORE_LABEL = "ignore"  # nnU-Net's name for unannotated voxels (sparse labels); its value must be the highest
 
+LabelValue = int | tuple[int, ...]
+"""What a label name stands for: one integer value of the label maps, or (region-based training, nnU-Net's
+convention) a region: the tuple of the integer values it is made of, e.g. ``whole = (1, 2)``."""
 
-def output_classes(labels: Mapping[str, int]) -> dict[str, int]:
-    """The classes a network predicts: every label but :data:`IGNORE_LABEL` (name -> value, background 0)."""
-    return {name: int(v) for name, v in labels.items() if name != IGNORE_LABEL}
+
+def _value(v: Any) -> LabelValue:
+    return tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v)
 
 
-def ignore_value(labels: Mapping[str, int]) -> int | None:
+def output_classes(labels: Mapping[str, Any]) -> dict[str, LabelValue]:
+    """The classes (or regions) a network predicts: every label but :data:`IGNORE_LABEL` (name -> value or
+    region, background 0)."""
+    return {name: _value(v) for name, v in labels.items() if name != IGNORE_LABEL}
+
+
+def ignore_value(labels: Mapping[str, Any]) -> int | None:
     """The label value of unannotated voxels (the label named ``ignore``), or None when every voxel is labelled."""
     v = labels.get(IGNORE_LABEL)
     return None if v is None else int(v)
+
+
+def has_regions(labels: Mapping[str, Any]) -> bool:
+    """Whether ``labels`` declare regions (any value a list of integers): region-based training."""
+    return any(isinstance(v, (list, tuple)) for v in labels.values())
+
+
+def label_values(labels: Mapping[str, Any]) -> set[int]:
+    """Every integer value a label map of these labels may hold (regions unpacked, ``ignore`` included)."""
+    out: set[int] = set()
+    for v in labels.values():
+        out.update(int(x) for x in v) if isinstance(v, (list, tuple)) else out.add(int(v))
+    return out
 
 
 def case_id_problem(case_id: str) -> str | None:
@@ -81,7 +103,7 @@ class DatasetSpec:
     source: str
     format: str
     channels: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]
     file_ending: str
     cases: list[CaseEntry]
     channels_in_file: bool = False
@@ -89,15 +111,37 @@ class DatasetSpec:
     raw_mode: str = "link"
     allow_external_links: bool = False
     notes: list[str] = field(default_factory=list)
+    regions_class_order: list[int] | None = None
 
     @property
     def n_channels(self) -> int:
         return len(self.channels)
 
     @property
-    def classes(self) -> dict[str, int]:
-        """The output classes (background included): :attr:`labels` without ``ignore``."""
+    def classes(self) -> dict[str, LabelValue]:
+        """The output classes (background included): :attr:`labels` without ``ignore``; with regions, the
+        foreground entries are regions (tuples of label values)."""
         return output_classes(self.labels)
+
+    @property
+    def regions(self) -> list[tuple[int, ...]] | None:
+        """Region-based training: the foreground regions in dataset.json's order, one network output (sigmoid)
+        each (see :mod:`segpipe.dataset.regions`); None for ordinary labels (softmax over :attr:`classes`)."""
+        if not has_regions(self.labels):
+            return None
+        return [v if isinstance(v, tuple) else (v,) for v in self.classes.values() if v != 0]
+
+    @property
+    def region_order(self) -> list[int] | None:
+        """The value written for each region when predictions become a label map (``regions_class_order``;
+        later regions overwrite earlier ones), or None without regions."""
+        return None if self.regions is None else list(self.regions_class_order or [])
+
+    @property
+    def n_outputs(self) -> int:
+        """Network output channels: one per region with regions, else :attr:`n_classes` (background included)."""
+        regions = self.regions
+        return len(regions) if regions is not None else self.n_classes
 
     @property
     def ignore_value(self) -> int | None:
@@ -126,6 +170,7 @@ class DatasetSpec:
                 "channels": dict(self.channels), "labels": dict(self.labels), "file_ending": self.file_ending,
                 "channels_in_file": self.channels_in_file, "label_value_map": self.label_value_map,
                 "notes": list(self.notes), "num_cases": len(self.cases),
+                **({"regions_class_order": list(self.regions_class_order)} if self.regions_class_order else {}),
                 "cases": [c.to_dict() for c in self.cases]}
 
     @classmethod
@@ -165,8 +210,11 @@ class DatasetSpec:
             entries.append(CaseEntry(c["id"], [str(i) for i in c["images"]], c.get("label"), c.get("spacing"),
                                      subject))
         return cls(name=name, source=source, format=fmt, channels={str(k): str(v) for k, v in channels.items()},
-                   labels={str(k): int(v) for k, v in labels.items()}, file_ending=ending, cases=entries,
+                   labels={str(k): ([int(x) for x in v] if isinstance(v, list) else int(v)) for k, v in labels.items()},
+                   file_ending=ending, cases=entries,
                    channels_in_file=bool(d.get("channels_in_file", False)),
                    label_value_map=d.get("label_value_map"), raw_mode=d.get("raw_mode", "link"),
                    allow_external_links=bool(d.get("allow_external_links", False)),
-                   notes=list(d.get("notes", [])))
+                   notes=list(d.get("notes", [])),
+                   regions_class_order=([int(v) for v in d["regions_class_order"]]
+                                        if d.get("regions_class_order") else None))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from segpipe.dataset.formats import discover
 from segpipe.dataset.formats.common import OnboardOptions
-from segpipe.dataset.model import IGNORE_LABEL, DatasetSpec, case_id_problem
+from segpipe.dataset.model import IGNORE_LABEL, DatasetSpec, case_id_problem, label_values
 from segpipe.dataset.store import load_dataset
 from segpipe.dataset.subjects import assign_subjects
 from segpipe.dataset.validate import validate_dataset
@@ -36,7 +36,7 @@ def _complete_labels(spec: DatasetSpec, found: set[int]) -> list[Problem]:
             spec.labels[f"label_{v}"] = v
         problems.append(Problem(f"no label names given; using the values found in the label maps: {spec.labels}",
                                 "name them with --labels background=0 NAME=1 ...", spec.source, severity="warning"))
-    values = sorted(spec.labels.values())
+    values = sorted(label_values(spec.labels))
     if 0 not in values:
         problems.append(Problem(f"labels {spec.labels} have no background value 0", "declare background=0",
                                 spec.source))
@@ -72,7 +72,7 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
                    "choose a --workspace outside the data folder", file=ws.root)
     spec, problems = discover(src, options)
     problems += assign_subjects(spec.cases, options)
-    if spec.file_ending in ENDINGS_2D and spec.label_value_map is None and 255 not in spec.labels.values():
+    if spec.file_ending in ENDINGS_2D and spec.label_value_map is None and 255 not in label_values(spec.labels):
         spec.label_value_map = {"255": 1}
     spec.raw_mode = "copy" if copy else "link"
     spec.allow_external_links = allow_external_links

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segpipe.dataset.model import CaseEntry, DatasetSpec, case_id_problem, relative_path_problem
+from segpipe.dataset.model import CaseEntry, DatasetSpec, case_id_problem, label_values, relative_path_problem
 from segpipe.dataset.reading import map_label_values, resolve
 from segpipe.errors import Problem, SegpipeError
 from segpipe.io.images import Geometry, read_image
@@ -156,7 +156,7 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
         P.append(Problem(f"label value(s) {too_large[:10]} exceed {MAX_LABEL_VALUE}, the largest class value segpipe "
                          "can store (labels are kept as 8-bit integers)", LABEL_RANGE_FIX, str(lpath), case.id))
     if spec.labels:
-        declared = set(spec.labels.values())
+        declared = label_values(spec.labels)
         undeclared = [v for v in rep.label_values if int(v) not in declared and v <= MAX_LABEL_VALUE]
         if undeclared:
             P.append(Problem(f"label values {[int(v) for v in undeclared]} are not declared; declared: "
@@ -170,7 +170,7 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
 
 def declared_label_problems(spec: DatasetSpec) -> list[Problem]:
     """Declared label values that preprocessing could not store (above :data:`MAX_LABEL_VALUE`)."""
-    too_large = {name: v for name, v in spec.labels.items() if v > MAX_LABEL_VALUE}
+    too_large = {name: v for name, v in spec.labels.items() if max(label_values({name: v})) > MAX_LABEL_VALUE}
     if not too_large:
         return []
     dj = Path(spec.source) / "dataset.json"

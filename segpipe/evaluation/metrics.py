@@ -15,6 +15,9 @@ Sparse annotations: a label named ``ignore`` (nnU-Net's convention, :data:`segpi
 marks unannotated reference voxels. They count for no class: the prediction there is ignored
 (:func:`blank_unannotated`) and ``ignore`` gets no metrics of its own; only annotated voxels are compared.
 
+Regions (region-based training, :mod:`segpipe.dataset.regions`): a label whose value is a tuple of label values
+is scored on its region, ``np.isin(label_map, region)`` in the prediction and the reference alike.
+
 The per-case record is ``{class name: ClassMetrics}`` (:data:`CaseRecord`), made by :func:`case_metrics` from
 arrays or by :func:`record_from_counts` from voxel counts alone.
 """
@@ -26,7 +29,8 @@ from typing import TypedDict
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-from segpipe.dataset.model import ignore_value, output_classes
+from segpipe.dataset.model import LabelValue, ignore_value, output_classes
+from segpipe.dataset.regions import class_mask
 
 NAN = float("nan")
 
@@ -59,9 +63,9 @@ class ClassMetrics(TypedDict, total=False):
 CaseRecord = dict[str, ClassMetrics]  # the per-case record: class name -> its metrics
 
 
-def confusion(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, int, int]:
-    """(tp, fp, fn, tn) voxel counts for ``label``."""
-    p, r = pred == label, ref == label
+def confusion(pred: np.ndarray, ref: np.ndarray, label: LabelValue) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) voxel counts for ``label`` (a value, or a region: a tuple of values)."""
+    p, r = class_mask(pred, label), class_mask(ref, label)
     tp = int(np.count_nonzero(p & r))
     fp = int(np.count_nonzero(p)) - tp
     fn = int(np.count_nonzero(r)) - tp
@@ -81,13 +85,14 @@ def overlap_from_counts(tp: int, fp: int, fn: int, voxel_volume_mm3: float = 1.0
             "empty_prediction": tp + fp == 0, "empty_reference": tp + fn == 0}
 
 
-def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: int, voxel_volume_mm3: float = 1.0) -> ClassMetrics:
+def overlap_metrics(pred: np.ndarray, ref: np.ndarray, label: LabelValue,
+                    voxel_volume_mm3: float = 1.0) -> ClassMetrics:
     """Dice, IoU, precision, recall and volumes (mm^3) of one class."""
     tp, fp, fn, _ = confusion(pred, ref, label)
     return overlap_from_counts(tp, fp, fn, voxel_volume_mm3)
 
 
-def unannotated(ref: np.ndarray, labels: Mapping[str, int]) -> np.ndarray | None:
+def unannotated(ref: np.ndarray, labels: Mapping[str, LabelValue]) -> np.ndarray | None:
     """Where ``ref`` holds the ``ignore`` label (a boolean mask of its shape), or None when it has none."""
     v = ignore_value(labels)
     if v is None:
@@ -96,14 +101,14 @@ def unannotated(ref: np.ndarray, labels: Mapping[str, int]) -> np.ndarray | None
     return mask if mask.any() else None
 
 
-def blank_unannotated(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, int]) -> np.ndarray:
+def blank_unannotated(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, LabelValue]) -> np.ndarray:
     """``pred`` with background where ``ref`` is unannotated (``ignore``), so those voxels count for no class;
     ``pred`` itself when there are none (no copy)."""
     mask = unannotated(ref, labels)
     return pred if mask is None else np.where(mask, 0, pred)
 
 
-def class_counts(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, int]) -> dict[str, Counts]:
+def class_counts(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, LabelValue]) -> dict[str, Counts]:
     """(tp, fp, fn) voxel counts of every foreground class (value != 0, not ``ignore``) of one case, over the
     annotated voxels."""
     pred = blank_unannotated(pred, ref, labels)
@@ -135,11 +140,11 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray
     return da[sa], db[sb]
 
 
-def surface_metrics(pred: np.ndarray, ref: np.ndarray, label: int, spacing, tolerance_mm: float = 1.0
+def surface_metrics(pred: np.ndarray, ref: np.ndarray, label: LabelValue, spacing, tolerance_mm: float = 1.0
                     ) -> ClassMetrics:
     """HD95 (mm) and surface Dice at ``tolerance_mm`` of one class. One side empty: HD95 NaN (undefined),
     surface Dice 0; both empty: both NaN."""
-    p, r = pred == label, ref == label
+    p, r = class_mask(pred, label), class_mask(ref, label)
     if not p.any() or not r.any():
         return {"hd95_mm": NAN, "surface_dice": NAN if not (p.any() or r.any()) else 0.0,
                 "surface_tolerance_mm": tolerance_mm}
@@ -149,7 +154,7 @@ def surface_metrics(pred: np.ndarray, ref: np.ndarray, label: int, spacing, tole
     return {"hd95_mm": hd95, "surface_dice": float(sd), "surface_tolerance_mm": tolerance_mm}
 
 
-def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int], spacing,
+def case_metrics(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, LabelValue], spacing,
                  tolerance_mm: dict[str, float] | float = 1.0, surface: bool = True) -> CaseRecord:
     """All metrics of every foreground class of one case: ``{class name: {metric: value}}``.
 

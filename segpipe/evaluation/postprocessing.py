@@ -6,14 +6,16 @@ as JSON ``{"foreground": bool, "classes": [names]}``. Label maps are integer arr
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import generate_binary_structure
 from scipy.ndimage import label as cc_label
 
-from segpipe.dataset.model import output_classes
+from segpipe.dataset.model import LabelValue, output_classes
+from segpipe.dataset.regions import class_mask
 from segpipe.evaluation.metrics import Counts, class_counts, record_from_counts, unannotated
 from segpipe.evaluation.summary import mean_dice
 
@@ -38,19 +40,20 @@ def keep_largest_foreground(seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def keep_largest_of_class(seg: np.ndarray, value: int) -> np.ndarray:
+def keep_largest_of_class(seg: np.ndarray, value: LabelValue) -> np.ndarray:
+    """``seg`` with the voxels of class (or region) ``value`` outside its largest component set to background."""
     out = seg.copy()
-    m = seg == value
+    m = class_mask(seg, value)
     out[m & ~largest_component(m)] = 0
     return out
 
 
-def apply_postprocessing(seg: np.ndarray, choice: dict, labels: dict[str, int]) -> np.ndarray:
+def apply_postprocessing(seg: np.ndarray, choice: dict, labels: Mapping[str, Any]) -> np.ndarray:
     """Apply a stored post-processing choice to a label map."""
     if choice.get("foreground"):
         seg = keep_largest_foreground(seg)
     for name in choice.get("classes", []):
-        seg = keep_largest_of_class(seg, labels[name])
+        seg = keep_largest_of_class(seg, output_classes(labels)[name])
     return seg
 
 
@@ -86,7 +89,7 @@ class CaseCounts:
         return counts
 
 
-def _largest_counts(seg: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict[str, Counts]:
+def _largest_counts(seg: np.ndarray, ref: np.ndarray, labels: Mapping[str, Any]) -> dict[str, Counts]:
     """(tp, fp, fn) of each class after keeping only its largest component (of the whole prediction), counted
     over the annotated voxels."""
     out = {}
@@ -94,7 +97,7 @@ def _largest_counts(seg: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
     for name, v in output_classes(labels).items():
         if v == 0:
             continue
-        p, r = largest_component(seg == v), ref == v
+        p, r = largest_component(class_mask(seg, v)), class_mask(ref, v)
         if ignored is not None:
             p &= ~ignored
         tp = int(np.count_nonzero(p & r))
@@ -102,21 +105,21 @@ def _largest_counts(seg: np.ndarray, ref: np.ndarray, labels: dict[str, int]) ->
     return out
 
 
-def case_counts(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> CaseCounts:
+def case_counts(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, Any]) -> CaseCounts:
     """The :class:`CaseCounts` of one case: ``pred`` and ``ref`` are label maps of the same shape (e.g.
     ``(z, y, x)``); the counts are voxels."""
-    multi = len([v for v in output_classes(labels).values() if v > 0]) > 1
+    multi = len([v for v in output_classes(labels).values() if v != 0]) > 1
     fg = keep_largest_foreground(pred) if multi else None
     return CaseCounts(plain=class_counts(pred, ref, labels), largest_of_class=_largest_counts(pred, ref, labels),
                       foreground=class_counts(fg, ref, labels) if fg is not None else None,
                       foreground_then_class=_largest_counts(fg, ref, labels) if fg is not None else None)
 
 
-def _mean_dice(counts: list[dict[str, Counts]], labels: dict[str, int]) -> dict[str, float]:
+def _mean_dice(counts: list[dict[str, Counts]], labels: Mapping[str, Any]) -> dict[str, float]:
     return mean_dice({str(i): record_from_counts(c) for i, c in enumerate(counts)}, labels)
 
 
-def choose_from_counts(cases: Iterable[CaseCounts], labels: dict[str, int]) -> dict:
+def choose_from_counts(cases: Iterable[CaseCounts], labels: Mapping[str, Any]) -> dict:
     """Decide which post-processing helps from the :class:`CaseCounts` of every cross-validation case.
 
     First the whole foreground (only with more than one foreground class): kept if the mean over classes of
@@ -127,7 +130,7 @@ def choose_from_counts(cases: Iterable[CaseCounts], labels: dict[str, int]) -> d
     mean = lambda d: float(np.nanmean(list(d.values()))) if d else float("nan")  # noqa: E731
     choice: dict = {"foreground": False, "classes": []}
     current = base
-    if len([v for v in output_classes(labels).values() if v > 0]) > 1:
+    if len([v for v in output_classes(labels).values() if v != 0]) > 1:
         fg = _mean_dice([c.foreground_counts() for c in cases], labels)
         if mean(fg) > mean(base) + MIN_IMPROVEMENT:
             choice["foreground"] = True
@@ -144,7 +147,7 @@ def choose_from_counts(cases: Iterable[CaseCounts], labels: dict[str, int]) -> d
     return {**choice, "dice_before": base, "dice_after": current}
 
 
-def choose_postprocessing(pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: dict[str, int]) -> dict:
+def choose_postprocessing(pairs: Iterable[tuple[np.ndarray, np.ndarray]], labels: Mapping[str, Any]) -> dict:
     """Decide, from (prediction, reference) pairs of cross-validation, which post-processing helps (see
     :func:`choose_from_counts`). ``pairs`` may be a generator: one pair at a time is held."""
     return choose_from_counts((case_counts(p, r, labels) for p, r in pairs), labels)

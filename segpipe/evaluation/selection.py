@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def _cv_files(ws: Workspace, config: str, n_folds: int, ending: str) -> dict[str
     return out
 
 
-def _dice_table(counts: dict[str, dict[str, Counts]], labels: dict[str, int]) -> dict:
+def _dice_table(counts: dict[str, dict[str, Counts]], labels: Mapping[str, Any]) -> dict:
     """Mean Dice per class and foreground mean Dice from per-case ``{class: (tp, fp, fn)}`` voxel counts, by
     the one summary (:func:`segpipe.evaluation.summary.summarize`); ``mean`` holds every mean per class with
     the number of cases it is over (and the empty / missed / spurious counts)."""
@@ -75,8 +76,8 @@ def candidate_configs(done: dict[str, dict[str, Path]], case_ids: list[str]) -> 
     return out
 
 
-def case_predictions(done: dict[str, dict[str, Path]], cid: str,
-                     candidates: dict[str, list[str]]) -> Iterator[tuple[str, np.ndarray]]:
+def case_predictions(done: dict[str, dict[str, Path]], cid: str, candidates: dict[str, list[str]],
+                     region_order: Sequence[int] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """The label map of case ``cid`` (raw geometry, e.g. ``(z, y, x)``) of each candidate, one at a time: a
     configuration's exported label map, or the argmax of its configurations' mean probabilities, streamed from
     their saved ``.npz`` files class by class (:func:`segpipe.inference.export.ensemble_label_map`; each
@@ -85,11 +86,12 @@ def case_predictions(done: dict[str, dict[str, Path]], cid: str,
         if len(configs) == 1:
             yield name, read_image(done[configs[0]][cid])[0]
             continue
-        yield name, ensemble_label_map([probabilities_path(done[c][cid]) for c in configs])
+        yield name, ensemble_label_map([probabilities_path(done[c][cid]) for c in configs], region_order)
 
 
 def select_from_files(done: dict[str, dict[str, Path]], case_ids: list[str],
-                      reference: Callable[[str], np.ndarray], labels: dict[str, int]) -> dict:
+                      reference: Callable[[str], np.ndarray], labels: Mapping[str, Any],
+                      region_order: Sequence[int] | None = None) -> dict:
     """Score every candidate, take the best by foreground mean Dice and choose its post-processing.
 
     Cases are streamed: each case's reference and predictions are read, reduced to per-class (tp, fp, fn)
@@ -102,14 +104,14 @@ def select_from_files(done: dict[str, dict[str, Path]], case_ids: list[str],
     for cid in case_ids:
         with error_context("select", cid):
             ref = reference(cid)
-            for name, pred in case_predictions(done, cid, candidates):
+            for name, pred in case_predictions(done, cid, candidates, region_order):
                 counts[name][cid] = class_counts(pred, ref, labels)
     tables = {name: {"configs": configs, **_dice_table(counts[name], labels)} for name, configs in candidates.items()}
     best = max(tables, key=lambda n: tables[n]["foreground_mean_dice"])
     pp_counts = {}
     for cid in case_ids:
         with error_context("select", cid):
-            for _, pred in case_predictions(done, cid, {best: candidates[best]}):
+            for _, pred in case_predictions(done, cid, {best: candidates[best]}, region_order):
                 pp_counts[cid] = case_counts(pred, reference(cid), labels)
     pp = choose_from_counts(pp_counts.values(), labels)
     final = _dice_table({cid: c.after(pp) for cid, c in pp_counts.items()}, labels)
@@ -150,7 +152,8 @@ def run_select(ws: Workspace, configs: list[str] | None = None, force: bool = Fa
     def reference(cid: str) -> np.ndarray:
         return np.rint(read_label(spec, ws.raw, cases[cid])[0]).astype(np.int16)
 
-    selection = {**select_from_files(done, case_ids, reference, spec.labels), "folds": list(range(n_folds))}
+    selection = {**select_from_files(done, case_ids, reference, spec.labels, spec.region_order),
+                 "folds": list(range(n_folds))}
     write_json(ws.selection_json, selection, kind="selection")
     write_record(ws, "select", inputs, settings, [ws.selection_json])
     return selection

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def summarize_class(rows: list[ClassMetrics], metrics: tuple[SummaryMetric, ...]
     return out
 
 
-def summarize(per_case: Mapping[str, CaseRecord], labels: Mapping[str, int],
+def summarize(per_case: Mapping[str, CaseRecord], labels: Mapping[str, Any],
               metrics: tuple[SummaryMetric, ...] = SUMMARY_METRICS) -> dict:
     """``{"mean": {class: summarize_class(...)}, "foreground_mean_dice", "foreground_mean_dice_n_classes",
     "n_cases"}`` over the cases of ``per_case`` (in its order) for every foreground class (value != 0) of
@@ -76,6 +76,6 @@ def summarize(per_case: Mapping[str, CaseRecord], labels: Mapping[str, int],
             "n_cases": len(per_case)}
 
 
-def mean_dice(per_case: Mapping[str, CaseRecord], labels: Mapping[str, int]) -> dict[str, float]:
+def mean_dice(per_case: Mapping[str, CaseRecord], labels: Mapping[str, Any]) -> dict[str, float]:
     """Mean Dice per foreground class (the ``dice`` of :func:`summarize`): ``{class: mean Dice}``."""
     return {name: m["dice"] for name, m in summarize(per_case, labels, ("dice",))["mean"].items()}

@@ -20,6 +20,11 @@ ever made. Probabilities are not renormalised after resampling: every kernel's w
 classes stays 1 (to float32 rounding); nearest neighbour and linear interpolation keep each value in ``[0, 1]``,
 cubic convolution (a plan with an order of 2 or more) may overshoot it slightly near sharp edges.
 
+Region-based models (:mod:`segpipe.dataset.regions`) give one sigmoid probability per region instead of a softmax
+over classes: every function that makes a label map takes ``region_order`` (dataset.json's
+``regions_class_order``), and then paints each region whose probability exceeds 0.5 with its value, in order,
+instead of taking the argmax; outside the crop box every region's probability is 0.
+
 Every label map segpipe writes (final validation, ``segpipe predict``) is written by :func:`export_prediction`
 (probabilities at the configuration's spacing) or :func:`write_prediction` (probabilities already in the raw
 geometry); both write through the same code.
@@ -36,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segpipe.dataset.regions import REGION_THRESHOLD
 from segpipe.inference.resample_torch import SlabResampler, probability_orders
 from segpipe.io.atomic import atomic_path, verify_zip
 from segpipe.io.images import Geometry, GeometryDict, file_ending, write_image
@@ -78,8 +84,15 @@ def probabilities_path(out_path: str | Path) -> Path:
     return out_path.with_name(name + ".npz")
 
 
-def _label_dtype(n_classes: int) -> type[np.unsignedinteger]:
+def _label_dtype(n_classes: int, region_order: Sequence[int] | None = None) -> type[np.unsignedinteger]:
+    if region_order is not None:
+        n_classes = max(region_order, default=0) + 1
     return np.uint8 if n_classes <= 256 else np.uint16
+
+
+def _check_regions(n_channels: int, region_order: Sequence[int] | None) -> None:
+    if region_order is not None and len(region_order) != n_channels:
+        raise ValueError(f"{n_channels} region probabilities for {len(region_order)} entries of regions_class_order")
 
 
 def _slab_rows(plane_voxels: int) -> int:
@@ -87,11 +100,18 @@ def _slab_rows(plane_voxels: int) -> int:
     return max(1, int(SLAB_BYTES) // max(1, 4 * int(plane_voxels)))
 
 
-def label_map(probs: np.ndarray) -> np.ndarray:
+def label_map(probs: np.ndarray, region_order: Sequence[int] | None = None) -> np.ndarray:
     """The label map (argmax over classes; uint8, uint16 beyond 256 classes) of probabilities
     ``(n_classes, *spatial)``: ``(*spatial)``, e.g. ``(z, y, x)``. Made slab by slab along the first spatial axis
-    (no int64 array of the whole image)."""
+    (no int64 array of the whole image). With ``region_order``, ``probs`` are region probabilities
+    ``(n_regions, *spatial)``, painted in order (see the module docstring)."""
     probs = np.asarray(probs)
+    if region_order is not None:
+        _check_regions(probs.shape[0], region_order)
+        out = np.zeros(probs.shape[1:], dtype=_label_dtype(0, region_order))
+        for c, value in enumerate(region_order):
+            out[probs[c] > REGION_THRESHOLD] = value
+        return out
     out = np.empty(probs.shape[1:], dtype=_label_dtype(probs.shape[0]))
     if out.ndim == 0 or out.size == 0:
         out[...] = np.argmax(probs, axis=0)
@@ -210,7 +230,7 @@ class ProbabilitiesReader:
         self.close()
 
 
-def ensemble_label_map(paths: Sequence[str | Path]) -> np.ndarray:
+def ensemble_label_map(paths: Sequence[str | Path], region_order: Sequence[int] | None = None) -> np.ndarray:
     """The label map of one case from the saved probabilities of several configurations (``.npz`` files of
     :func:`export_prediction`, each ``(n_classes, *raw shape)``, e.g. ``(c, z, y, x)``): the argmax over classes
     of their mean, ``(*raw shape)``, uint8 (uint16 beyond 256 classes).
@@ -219,7 +239,8 @@ def ensemble_label_map(paths: Sequence[str | Path]) -> np.ndarray:
     paths], axis=0))`` (float32 sums in the order of ``paths``, divided as ``np.mean`` divides, first class on
     ties), but the files are streamed (:class:`ProbabilitiesReader`) class by class and slab by slab: peak memory
     is one float32 and one label volume of the raw shape (the running maximum and argmax) and a few slabs, not
-    the whole probabilities of each configuration."""
+    the whole probabilities of each configuration. With ``region_order`` the files hold region probabilities
+    and their mean is painted region by region (module docstring)."""
     if not paths:
         raise ValueError("no probabilities to ensemble")
     with contextlib.ExitStack() as stack:
@@ -235,8 +256,9 @@ def ensemble_label_map(paths: Sequence[str | Path]) -> np.ndarray:
         plane = spatial[1:]
         rows = _slab_rows(int(np.prod(plane, dtype=np.int64)))
         count = np.intp(len(readers))  # np.mean's divisor, so that the quotient rounds as np.mean's does
-        seg = np.zeros(spatial, dtype=_label_dtype(n_classes))
-        best = np.empty(spatial, dtype=np.float32)
+        _check_regions(n_classes, region_order)
+        seg = np.zeros(spatial, dtype=_label_dtype(n_classes, region_order))
+        best = np.empty(spatial if region_order is None else (0,), dtype=np.float32)
         for c in range(n_classes):
             for s in range(0, spatial[0], rows):
                 e = min(s + rows, spatial[0])
@@ -244,6 +266,9 @@ def ensemble_label_map(paths: Sequence[str | Path]) -> np.ndarray:
                 for r in readers[1:]:  # float16 -> float32 is exact: the same sums as adding float32 copies
                     np.add(acc, r.read((e - s, *plane)), out=acc, dtype=np.float32)
                 np.true_divide(acc, count, out=acc, casting="unsafe")
+                if region_order is not None:
+                    seg[s:e][acc > REGION_THRESHOLD] = region_order[c]
+                    continue
                 b = best[s:e]
                 if c == 0:
                     b[...] = acc
@@ -271,13 +296,15 @@ def _write_label_map(seg: np.ndarray, geometry: Geometry | GeometryDict | dict, 
 
 def write_prediction(probs: np.ndarray, geometry: Geometry | GeometryDict | dict, out_path: str | Path,
                      save_probabilities: bool = False, postprocess: dict | None = None,
-                     labels: dict[str, int] | None = None) -> np.ndarray:
+                     labels: dict[str, Any] | None = None, region_order: Sequence[int] | None = None
+                     ) -> np.ndarray:
     """Write the label map of probabilities already in the raw geometry (``(n_classes, *raw_shape)``, e.g.
     ``(n_classes, z, y, x)``) to ``out_path`` (atomically, format by ending, with ``geometry``: spacing in mm,
     origin, direction), post-processed by a stored ``postprocess`` choice (needs ``labels``) when given, and
     the probabilities (float16, key ``probabilities``, ``(n_classes, *raw_shape)``) in ``<out_path without
-    ending>.npz`` (compressed) when ``save_probabilities``. Returns the label map written."""
-    seg = _write_label_map(label_map(probs), geometry, out_path, postprocess, labels)
+    ending>.npz`` (compressed) when ``save_probabilities``. ``region_order``: region probabilities (module
+    docstring). Returns the label map written."""
+    seg = _write_label_map(label_map(probs, region_order), geometry, out_path, postprocess, labels)
     if save_probabilities:
         save_probabilities_npz(probabilities_path(out_path), probs)
     return seg
@@ -297,7 +324,9 @@ class _Case:
     """The geometry of one case's export, checked across the parts (configurations) being averaged, and one
     resampler per part with the orders of that part's ``resampling`` (its configuration's plan entry)."""
 
-    def __init__(self, parts: Parts, resampling: Sequence[Resampling] | Resampling | None = None):
+    def __init__(self, parts: Parts, resampling: Sequence[Resampling] | Resampling | None = None,
+                 regions: bool = False):
+        self.regions = regions
         if not parts:
             raise ValueError("no probabilities to export")
         resamplings = _resamplings(parts, resampling)
@@ -349,14 +378,15 @@ class _Case:
             yield s, e, p
 
     def background(self, c: int) -> float:
-        """The probability of class ``c`` outside the crop box: background (class 0) for sure."""
-        return 1.0 if c == 0 else 0.0
+        """The probability of class ``c`` outside the crop box: background (class 0) for sure; no region."""
+        return 1.0 if c == 0 and not self.regions else 0.0
 
 
 def export_prediction(parts: Parts, out_path: str | Path | None = None,
                       geometry: Geometry | GeometryDict | dict | None = None, save_probabilities: bool = False,
-                      postprocess: dict | None = None, labels: dict[str, int] | None = None,
-                      resampling: Sequence[Resampling] | Resampling | None = None) -> np.ndarray:
+                      postprocess: dict | None = None, labels: dict[str, Any] | None = None,
+                      resampling: Sequence[Resampling] | Resampling | None = None,
+                      region_order: Sequence[int] | None = None) -> np.ndarray:
     """The label map (raw shape) of one case from its probabilities at the configurations' spacings.
 
     ``parts``: ``(probabilities (n_classes, Z, Y, X), props)`` per configuration (one for a single model; an
@@ -368,12 +398,15 @@ def export_prediction(parts: Parts, out_path: str | Path | None = None,
     ``probabilities``, ``(n_classes, *raw shape)``, compressed) streamed into ``<out_path without ending>.npz``
     when ``save_probabilities``. ``resampling``: the plan's resampling of each part's configuration (one per
     part, in order; or one for all), whose orders resample that part back (None: the planner's default,
-    :data:`PLANNER_DEFAULT_RESAMPLING`). Peak memory beyond the inputs: one float32 and one label volume of the
-    cropped shape, and a few slabs."""
-    case = _Case(parts, resampling)
+    :data:`PLANNER_DEFAULT_RESAMPLING`). ``region_order``: the parts are region probabilities, painted in this
+    order with these values instead of the argmax (module docstring). Peak memory beyond the inputs: one
+    float32 and one label volume of the cropped shape, and a few slabs."""
+    case = _Case(parts, resampling, regions=region_order is not None)
     n = case.n_classes
-    seg_crop = torch.zeros(case.crop_shape, dtype=torch.uint8 if n <= 256 else torch.int32)
-    best = torch.empty(case.crop_shape, dtype=torch.float32)
+    _check_regions(n, region_order)
+    wide = np.dtype(_label_dtype(n, region_order)).itemsize > 1
+    seg_crop = torch.zeros(case.crop_shape, dtype=torch.int32 if wide else torch.uint8)
+    best = torch.empty(case.crop_shape if region_order is None else (0,), dtype=torch.float32)
     save = save_probabilities and out_path is not None
     npz_shape = (n,) + case.raw_shape
     with (_npz_stream(probabilities_path(out_path), npz_shape) if save and out_path is not None
@@ -383,7 +416,9 @@ def export_prediction(parts: Parts, out_path: str | Path | None = None,
                 _write_class_outside(write, case, c, before=True)
             for s, e, p in case.class_slabs(c):
                 b = best[s:e]
-                if c == 0:
+                if region_order is not None:
+                    seg_crop[s:e].masked_fill_(p > REGION_THRESHOLD, int(region_order[c]))
+                elif c == 0:
                     b.copy_(p)
                 else:
                     seg_crop[s:e].masked_fill_(p > b, c)
@@ -393,7 +428,7 @@ def export_prediction(parts: Parts, out_path: str | Path | None = None,
             if write is not None:
                 _write_class_outside(write, case, c, before=False)
     del best
-    seg = np.zeros(case.full_shape, dtype=_label_dtype(n))
+    seg = np.zeros(case.full_shape, dtype=_label_dtype(n, region_order))
     seg[tuple(slice(a, b) for a, b in case.box)] = seg_crop.numpy()
     if case.ndim == 2:
         seg = seg[0]
@@ -426,16 +461,17 @@ def _write_class_slab(write: Callable[[np.ndarray], None], case: _Case, c: int, 
 
 
 def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict,
-                              resampling: Resampling | None = None) -> np.ndarray:
+                              resampling: Resampling | None = None, regions: bool = False) -> np.ndarray:
     """Probabilities ``(n_classes, Z, Y, X)`` at the target spacing -> ``(n_classes, *raw_shape)`` float32.
 
     ``props`` is the preprocessing record of the case (crop box, shapes, spacings, raw geometry); ``resampling``
     the configuration's plan entry whose orders are used (None: :data:`PLANNER_DEFAULT_RESAMPLING`). For 2D
     data (``props['ndim'] == 2``) the singleton Z axis is removed. This makes the whole array (one float32
     copy of all classes at the raw shape): the prediction path uses :func:`export_prediction` instead."""
-    case = _Case([(probs, props)], resampling)
+    case = _Case([(probs, props)], resampling, regions=regions)
     full = np.zeros((case.n_classes,) + case.full_shape, dtype=np.float32)
-    full[0] = 1.0
+    if not regions:  # outside the crop: background; region probabilities (``regions``) stay 0
+        full[0] = 1.0
     (z0, _), (y0, y1), (x0, x1) = case.box
     for c in range(case.n_classes):
         for s, e, p in case.class_slabs(c):
@@ -444,7 +480,8 @@ def probabilities_to_original(probs: torch.Tensor | np.ndarray, props: dict,
 
 
 def export_label_map(probs: torch.Tensor | np.ndarray, props: dict, out_path: str | Path | None = None,
-                     save_probabilities: bool = False, resampling: Resampling | None = None) -> np.ndarray:
+                     save_probabilities: bool = False, resampling: Resampling | None = None,
+                     region_order: Sequence[int] | None = None) -> np.ndarray:
     """The label map (argmax, uint8, raw shape) of ``probs`` (at the target spacing) in the raw geometry;
     written to ``out_path`` (atomically, format by ending) when given, with the probabilities (float16, key
     ``probabilities``, ``(n_classes, *raw shape)``) in ``<out_path without ending>.npz`` when
@@ -452,4 +489,4 @@ def export_label_map(probs: torch.Tensor | np.ndarray, props: dict, out_path: st
     resample the probabilities back (None: :data:`PLANNER_DEFAULT_RESAMPLING`). One configuration's
     :func:`export_prediction`."""
     return export_prediction([(probs, props)], out_path, props["geometry"], save_probabilities,
-                             resampling=resampling)
+                             resampling=resampling, region_order=region_order)

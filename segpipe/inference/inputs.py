@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from segpipe.dataset.formats.common import check_spacing_options, read_spacing_csv, strip_ending, visible_files
-from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.dataset.model import CaseEntry, DatasetSpec, label_values
 from segpipe.dataset.reading import map_label_values
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.io.images import ENDINGS_2D, file_ending, read_image
@@ -137,7 +137,7 @@ def looks_like_label_map(arr: np.ndarray, spec: DatasetSpec) -> bool:
     if not np.all(np.isfinite(sample)) or not np.array_equal(sample, np.rint(sample)):
         return False
     values = set(np.unique(sample).astype(np.int64).tolist())
-    return len(values) <= 2 * spec.n_classes and values <= set(spec.labels.values())
+    return len(values) <= 2 * spec.n_classes and values <= label_values(spec.labels)
 
 
 def warn_if_label_maps(input_dir: Path, cases: list[CaseEntry], spec: DatasetSpec) -> bool:
@@ -160,7 +160,8 @@ def input_spec(spec: DatasetSpec, root: Path, cases: list[CaseEntry]) -> Dataset
     """The data set ``spec`` describing ``cases`` of an input folder ``root`` (outside the workspace): what
     :func:`segpipe.dataset.reading.read_channels` reads a predict input with."""
     return DatasetSpec(spec.name, str(root), spec.format, spec.channels, spec.labels, spec.file_ending, cases,
-                       channels_in_file=spec.channels_in_file, allow_external_links=True)
+                       channels_in_file=spec.channels_in_file, allow_external_links=True,
+                       regions_class_order=spec.regions_class_order)
 
 
 def resolve_inputs(input_dir: Path, spec: DatasetSpec, pixel_spacing: float | None = None,

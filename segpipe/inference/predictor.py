@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -73,8 +74,9 @@ class Predictor:
         self.mirror, self.step = mirror, step
 
     @property
-    def classes(self) -> dict[str, int]:
-        """The predicted classes, ``{name: value}`` (background 0)."""
+    def classes(self) -> dict[str, Any]:
+        """The predicted classes, ``{name: value}`` (background 0); a region's value is the tuple of label
+        values it is made of (region-based models)."""
         return self.spec.classes
 
     def predict_array(self, image: np.ndarray, spacing: Sequence[float], origin: Sequence[float] | None = None,
@@ -161,8 +163,10 @@ class Predictor:
             pdata, _, props = preprocess_case(data, None, geo, cfg, case_id="input")
             prepared.append((pdata, props))
         with torch.inference_mode():
-            parts = list(case_probabilities(self.models, prepared, self.spec.n_classes, self.mirror, self.device,
-                                            amp_dtype=self.amp_dtype, step=self.step))
+            parts = list(case_probabilities(self.models, prepared, self.spec.n_outputs, self.mirror, self.device,
+                                            amp_dtype=self.amp_dtype, step=self.step,
+                                            region_order=self.spec.region_order))
         label = export_prediction(parts, None, geo, postprocess=self.postprocess, labels=self.spec.classes,
-                                  resampling=[m.config.resampling for m in self.models])
+                                  resampling=[m.config.resampling for m in self.models],
+                                  region_order=self.spec.region_order)
         return np.asarray(label).astype(np.uint8, copy=False)

@@ -45,7 +45,7 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
     spacing of all configurations."""
     ndim = fingerprint["ndim"]
     n_cases = fingerprint["n_cases"]
-    n_classes = spec.n_classes
+    n_classes = spec.n_outputs  # network outputs: classes, or regions (sigmoid)
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
     main = "3d_fullres" if ndim == 3 else "2d"
     override_config = override_config or main

@@ -383,7 +383,8 @@ class Configuration:
 @dataclass(frozen=True)
 class Plans:
     """plans.json: the data set's configurations and what the planner assumed. ``labels`` is dataset.json's
-    ``{name: value}``; ``full_resolution_spacing`` (mm) and ``median_shape_at_full_resolution`` (voxels) are in
+    ``{name: value}`` (a region's value is a list of values); ``full_resolution_spacing`` (mm) and
+    ``median_shape_at_full_resolution`` (voxels) are in
     array axis order; ``budget`` is the budget planner's record (None without ``--budget``)."""
 
     dataset: str
@@ -391,7 +392,7 @@ class Plans:
     axis_order: str
     memory_budget: Mapping[str, Any]
     n_channels: int
-    labels: Mapping[str, int]
+    labels: Mapping[str, int | list[int]]
     full_resolution_spacing: SpacingMM
     median_shape_at_full_resolution: MedianShapeVox
     configurations: Mapping[str, Configuration]
@@ -414,8 +415,11 @@ class Plans:
             raise r._bad("configurations", configs_raw, "at least one configuration")
         configs = {name: Configuration.from_json(name, c, file) for name, c in configs_raw.items()}
         labels = r.mapping("labels")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in labels.values()):
-            raise r._bad("labels", labels, "{name: integer value}")
+        def _int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not all(_int(v) or (isinstance(v, list) and v and all(_int(x) for x in v)) for v in labels.values()):
+            raise r._bad("labels", labels, "{name: integer value or region (list of integer values)}")
         notes = r._get("notes")
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise r._bad("notes", notes, "a list of strings")

@@ -51,7 +51,10 @@ def one_hot_channels(seg: npt.NDArray[np.integer[Any]], foreground: Sequence[int
     return out
 
 
-def foreground_values(labels: Mapping[str, int]) -> list[int]:
+def foreground_values(labels: Mapping[str, Any], region_order: Sequence[int] | None = None) -> list[int]:
     """The label values that get a cascade channel: every output class but background (0), ascending (an
-    ``ignore`` label is never predicted, so it gets none)."""
-    return sorted(v for v in output_classes(labels).values() if v != 0)
+    ``ignore`` label is never predicted, so it gets none); with regions, the values their label maps are painted
+    with (``region_order``, dataset.json's ``regions_class_order``)."""
+    if region_order is not None:
+        return sorted({int(v) for v in region_order if v != 0})
+    return sorted(v for v in output_classes(labels).values() if isinstance(v, int) and v != 0)

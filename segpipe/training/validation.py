@@ -64,14 +64,16 @@ def validate_fold(network: torch.nn.Module, config: Configuration, spec: Dataset
             if cascade is not None:  # the previous stage's segmentation as one-hot input channels
                 prev = one_hot_channels(load_previous_stage(cascade.folder, cid)[0], cascade.foreground)
                 data = np.concatenate([data, prev])
-            probs = predict_sliding_window(network, data, patch, spec.n_classes,
+            probs = predict_sliding_window(network, data, patch, spec.n_outputs,
                                            mirror_axes=mirror_axes_for(len(patch)) if mirror else None,
                                            batch_size=config.batch_size, device=device,
-                                           amp=amp_dtype is not None, amp_dtype=amp_dtype)
+                                           amp=amp_dtype is not None, amp_dtype=amp_dtype,
+                                           sigmoid=spec.regions is not None)
             pred = export_label_map(probs, props, out_dir / f"{cid}{spec.file_ending}", save_probabilities=True,
-                                    resampling=config.resampling)
+                                    resampling=config.resampling, region_order=spec.region_order)
             ref, geo = read_label(spec, raw_root, spec.case(cid))
-            per_case[cid] = case_metrics(pred, np.rint(ref).astype(np.int16), labels, geo.spacing, surface=False)
+            per_case[cid] = case_metrics(pred, np.rint(ref).astype(np.int16), spec.classes, geo.spacing,
+                                         surface=False)
         bar.update(cid)
     bar.close()
     summary = {"cases": per_case, **summarize(per_case, labels, OVERLAP_METRICS),

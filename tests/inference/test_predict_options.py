@@ -23,9 +23,9 @@ def test_step_size_and_disable_tta_reach_the_prediction(tiny_one_fold: Path, tmp
     seen: list[tuple[bool, float]] = []
     real = predict_module.predict_case
 
-    def spy(model, pdata, n_classes, mirror, device, batch_size=None, amp_dtype=None, step=0.5):
+    def spy(model, pdata, n_classes, mirror, device, batch_size=None, amp_dtype=None, step=0.5, region_order=None):
         seen.append((mirror, step))
-        return real(model, pdata, n_classes, mirror, device, batch_size, amp_dtype, step)
+        return real(model, pdata, n_classes, mirror, device, batch_size, amp_dtype, step, region_order)
 
     monkeypatch.setattr(predict_module, "predict_case", spy)
     images = make_msd(tmp_path / "in", hippo_ids(7)[6:]) / "imagesTr"

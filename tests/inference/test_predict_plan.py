@@ -53,9 +53,9 @@ def test_predict_exports_with_each_configurations_resampling(tiny_ws_template: P
     real = predict_module.export_prediction
 
     def spy(parts, out_path=None, geometry=None, save_probabilities=False, postprocess=None, labels=None,
-            resampling=None):
+            resampling=None, region_order=None):
         calls.append((out_path, list(resampling) if resampling is not None else None))
-        return real(parts, out_path, geometry, save_probabilities, postprocess, labels, resampling)
+        return real(parts, out_path, geometry, save_probabilities, postprocess, labels, resampling, region_order)
 
     monkeypatch.setattr(predict_module, "export_prediction", spy)
     written = predict_folder(spec, [cascade, plain], img, tmp_path / "out", torch.device("cpu"), mirror=False,
@@ -74,7 +74,8 @@ def test_run_predict_looks_the_folds_up_once(tmp_path: Path, monkeypatch):
     configs = {"3d_lowres": SimpleNamespace(name="3d_lowres", previous_stage=None),
                "3d_cascade_fullres": SimpleNamespace(name="3d_cascade_fullres", previous_stage="3d_lowres")}
     plans = SimpleNamespace(default_configuration="3d_cascade_fullres", configuration=lambda name: configs[name])
-    spec = SimpleNamespace(n_channels=1, n_classes=3, labels={"background": 0, "a": 1, "b": 2})
+    spec = SimpleNamespace(n_channels=1, n_classes=3, n_outputs=3, labels={"background": 0, "a": 1, "b": 2},
+                           region_order=None)
     trained = {"3d_lowres": [["0", "1", "2"], ["0", "1", "2", "3"]],  # a fold that finishes in between
                "3d_cascade_fullres": [["0", "1"], ["0", "1", "4"]]}
     lookups: list[str] = []

@@ -71,7 +71,7 @@ def discover_msd(source: Path, options: OnboardOptions) -> tuple[DatasetSpec, li
                                         "label", str(lab_file), strip_ending(lab_file.name)))
     channels = channels_from(options, declared_channels)
     ending = file_ending(cases[0].images[0]) if cases else ".nii.gz"
-    spec = DatasetSpec(name=options.name, source=str(source), format="msd", channels=channels, labels=labels,
+    spec = DatasetSpec(name=options.name, source=str(source), format="msd", channels=channels, labels=dict(labels),
                        file_ending=ending, cases=cases, channels_in_file=True)
     return spec, problems
 

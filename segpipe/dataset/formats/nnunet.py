@@ -12,7 +12,8 @@ from segpipe.dataset.formats.common import (
     load_user_json,
     visible_files,
 )
-from segpipe.dataset.model import CaseEntry, DatasetSpec
+from segpipe.dataset.model import CaseEntry, DatasetSpec, has_regions
+from segpipe.dataset.regions import region_problems
 from segpipe.errors import Problem, fail
 from segpipe.io.images import IMAGE_ENDINGS
 
@@ -41,12 +42,18 @@ def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec,
             problems += channel_key_problems(dj["channel_names"], "channel_names", dj_path)
     if problems:
         return DatasetSpec(options.name, str(source), "nnunet", {}, {}, ".nii.gz", []), problems
-    labels = dict(options.labels)
+    labels: dict[str, int | list[int]] = dict(options.labels)
+    order = None
     if not labels:
+        regions = has_regions(dj["labels"])
+        if regions:
+            region_issues = region_problems(dj["labels"], dj.get("regions_class_order"), str(dj_path))
+            problems += region_issues
+            order = None if region_issues else dj["regions_class_order"]
         for name, value in dj["labels"].items():
             if isinstance(value, (list, tuple)):
-                problems.append(Problem(f"label '{name}' is a region {value} (region-based training)",
-                                        "declare one integer value per label", str(dj_path)))
+                if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+                    labels[str(name)] = [int(x) for x in value]
             elif not isinstance(value, int) or isinstance(value, bool):
                 problems.append(Problem(f"label '{name}' has value {value!r}, expected an integer",
                                         "use integer label values", str(dj_path)))
@@ -85,5 +92,6 @@ def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec,
         problems.append(Problem("label file without an image", "add the image or remove the label",
                                 str(source / "labelsTr" / f"{lid}{ending}"), lid))
     spec = DatasetSpec(name=options.name, source=str(source), format="nnunet", channels=channels, labels=labels,
-                       file_ending=ending, cases=cases)
+                       file_ending=ending, cases=cases,
+                       regions_class_order=[int(v) for v in order] if order else None)
     return spec, problems
