@@ -34,7 +34,11 @@ setup(
         "pillow>=9.0",  # PNG modes SimpleITK cannot read (grey+alpha), multi-page TIFF detection
         "blosc2>=2.5",  # preprocessed cases: compressed arrays read patch by patch (preprocessing/store.py)
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.6", "mypy>=1.10"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.6", "mypy>=1.10"],
+        # `segpipe export-network --format onnx`: torch's torch.export-based exporter needs onnxscript
+        "onnx": ["onnx>=1.17", "onnxruntime>=1.18", "onnxscript>=0.5"],
+    },
     entry_points={"console_scripts": ["segpipe=segpipe.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
