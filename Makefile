@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.py
 		echo "no GPU found: installing the CPU build of torch ($(TORCH_CPU))"; \
 		$(PY) -m pip install --disable-pip-version-check -q $(TORCH_CPU) || $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,onnx]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,10 +30,13 @@ bench: $(VENV)/.installed
 bench-scale: $(VENV)/.installed
 	$(PY) benchmarks/scale_benchmark.py $(BENCH_ARGS)
 
-# quality gates first (lint + import order, types: about 30 s), then the suite
+# quality gates first (lint + import order, types: about 30 s), then the suite; headless Chromium for the report's
+# browser test is installed from Debian's packages when missing (.ci/ensure_chromium never fails: without it the
+# test is skipped, saying why)
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check segpipe tests benchmarks
 	$(VENV)/bin/mypy
+	bash .ci/ensure_chromium
 	$(PY) -m pytest -q tests
 
 clean:

@@ -94,14 +94,26 @@ def predict(workspace: PathLike, input_dir: PathLike, output_dir: PathLike, name
     return written
 
 
-def evaluate(pred_dir: PathLike, ref_dir: PathLike, labels: Mapping[str, int], output: PathLike | None = None, *,
-             workers: int = 1, surface: bool = True) -> dict[str, Any]:
+def evaluate(pred_dir: PathLike, ref_dir: PathLike, labels: Mapping[str, Any], output: PathLike | None = None, *,
+             workers: int = 1, surface: bool = True, attributes: PathLike | None = None,
+             group_by: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics of the label maps in ``pred_dir`` against ``ref_dir`` (same file names); returns the summary
-    (written with per-case metrics to ``output`` when given)."""
+    (written with per-case metrics to ``output`` when given). ``labels``: ``{name: value}`` (a region's value is
+    a list of values). ``attributes`` (a CSV: case id and attribute columns) with ``group_by`` (its columns)
+    adds every metric per group and the equity-scaled Dice (``summary["groups"]``)."""
     from segpipe.evaluation.evaluate import evaluate_folders
 
     return evaluate_folders(Path(pred_dir), Path(ref_dir), dict(labels), Path(output) if output else None,
-                            workers=workers, surface=surface)
+                            workers=workers, surface=surface, attributes=Path(attributes) if attributes else None,
+                            group_by=list(group_by))
+
+
+def report(workspace: PathLike, name: str | None = None, *, force: bool = False) -> Path:
+    """Write the data set's HTML report (``<workspace>/<dataset>/report/index.html``) from the stages that have
+    run; returns the page's path."""
+    from segpipe.report import write_report
+
+    return Path(write_report(_ws(workspace, name), force=force).index)
 
 
 def select(workspace: PathLike, name: str | None = None, *, configs: Sequence[str] | None = None,

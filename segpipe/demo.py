@@ -18,7 +18,7 @@ from pathlib import Path
 from segpipe.dataset.store import load_dataset
 from segpipe.evaluation.evaluate import evaluate_folders
 from segpipe.inference.run import run_predict
-from segpipe.pipeline import RunResult, run_all
+from segpipe.pipeline import RunResult, report_at_end, run_all
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,15 @@ DEMO_PREDICT_CASES = 4
 @dataclass
 class DemoResult:
     """The demo's outcome: the chain's result, the predicted files, the Dice of those predictions and the
-    cross-validation Dice of the selected model, and the wall time in minutes."""
+    cross-validation Dice of the selected model, the wall time in minutes, and the report's page (None when it
+    could not be written)."""
 
     run: RunResult
     predicted: list[str]
     prediction_dice: float
     cross_validation_dice: float
     minutes: float
+    report: Path | None = None
 
 
 def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str = "2m",
@@ -48,7 +50,7 @@ def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str
     t0 = time.monotonic()
     workspace = Path(workspace).absolute()
     run = run_all(EXAMPLE, workspace, DEMO_NAME, configs=configs or ["2d"], budget=budget, workers=workers,
-                  force_onboard=force, echo=say, device=device, precision=precision)
+                  force_onboard=force, echo=say, device=device, precision=precision, report=False)
     ws = run.workspace
     inp, ref = ws.scratch("demo_input") / "images", ws.scratch("demo_input") / "labels"
     for folder in (inp, ref):
@@ -68,4 +70,5 @@ def run_demo(workspace: Path, workers: int = 1, force: bool = False, budget: str
     say(f"predicted {len(written)} example cases with {desc}: Dice {result.prediction_dice:.4f} "
         "(cases seen in training by 4 of the 5 folds: a check that prediction works, not a score)")
     say(f"demo finished in {result.minutes:.1f} min; cross-validation Dice {result.cross_validation_dice:.4f}")
+    result.report = report_at_end(ws, say)  # last: `make demo` ends with the Dice and the report's path
     return result

@@ -14,11 +14,13 @@ from typing import Any
 
 from segpipe.dataset.formats.common import OnboardOptions
 from segpipe.dataset.onboard import onboard
+from segpipe.errors import SegpipeError
 from segpipe.evaluation.selection import format_selection, run_select
 from segpipe.fingerprint.run import run_fingerprint
 from segpipe.planning.plans import Plans
 from segpipe.planning.run import run_plan, summarize
 from segpipe.preprocessing.run import run_preprocess
+from segpipe.report import write_report
 from segpipe.training.run import run_train
 from segpipe.training.schedule import parse_duration
 from segpipe.training.splits import fold_names
@@ -32,12 +34,13 @@ log = logging.getLogger(__name__)
 class RunResult:
     """What ``segpipe run`` did: the workspace, the plans, each trained fold's result (``run_train``'s dict:
     ``state``, ``validation`` summary, ``out``) per configuration, and ``select``'s choice (None when not every
-    fold was trained)."""
+    fold was trained), and the report's page (None when it could not be written)."""
 
     workspace: Workspace
     plans: Plans
     trained: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
+    report: Path | None = None
 
     @property
     def cross_validation_dice(self) -> float | None:
@@ -50,7 +53,7 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
             iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto", precision: str = "auto",
             batch_size: int | None = None, options: OnboardOptions | None = None, copy: bool = False,
             allow_external_links: bool = False, force_onboard: bool = False,
-            echo: Callable[[str], None] | None = None) -> RunResult:
+            echo: Callable[[str], None] | None = None, report: bool = True) -> RunResult:
     """Onboard ``source``, fingerprint, plan, preprocess and train every fold of every configuration, then
     select the best configuration/ensemble and post-processing (``selection.json``).
 
@@ -58,8 +61,8 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
     Onboarding takes ``options`` (default: only the name), ``copy``, ``allow_external_links`` and
     ``force_onboard`` (``segpipe run --onboard-args`` parses them from `segpipe onboard` options). ``folds``
     default to every fold of splits.json (5, fewer for data sets of fewer cases). The results the user asked for
-    (the plans, each fold's outcome and the selection) go to ``echo`` when given (the command line passes
-    ``print``); progress is logged.
+    (the plans, each fold's outcome, the selection and, with ``report``, the path of the report written at the
+    end) go to ``echo`` when given (the command line passes ``print``); progress is logged.
     """
     say = echo or (lambda text: None)
     options = options or OnboardOptions(name=name)
@@ -101,4 +104,20 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
     else:
         log.info("select skipped: it compares cross-validation over all %d folds; %s trained", len(all_folds),
                  fold_list)
+    if report:
+        result.report = report_at_end(ws, say)
     return result
+
+
+def report_at_end(ws: Workspace, say: Callable[[str], None]) -> Path | None:
+    """Write the data set's report (``segpipe report``) and ``say`` its path. A report that cannot be written
+    is a warning naming the problem, never a failure of the run it reports on; returns None then."""
+    try:
+        index = write_report(ws).index
+    except Exception as e:  # noqa: BLE001 - the run's results are complete; only the report is missing
+        why = e.format() if isinstance(e, SegpipeError) else f"{type(e).__name__}: {e}"
+        log.warning("the report could not be written: %s; the run's results are complete (make the report with "
+                    "`segpipe report --workspace %s --name %s`)", why, ws.root, ws.dataset)
+        return None
+    say(f"report: {index}")
+    return index

@@ -44,6 +44,8 @@ def test_run_trains_the_folds_of_splits_json(three):
     assert sorted(p.name for p in (d / "results" / "2d").iterdir()) == ["fold_0", "fold_1", "fold_2"]
     assert read_json(d / "selection.json", kind="selection")["folds"] == [0, 1, 2]
     assert "cross-validation Dice" in out
+    index = d / "report" / "index.html"  # written at the end, its path printed last
+    assert index.is_file() and out.strip().splitlines()[-1] == f"report: {index}"
     for stage in ("onboard", "fingerprint", "plan", "preprocess_2d", "train_2d_fold_0", "train_2d_fold_1",
                   "train_2d_fold_2", "select"):
         assert (d / "records" / f"{stage}.json").is_file(), stage
@@ -73,7 +75,7 @@ def test_rerun_skips_everything(three, capsys):
     assert main(["--quiet", "run", str(src), "--name", "three", "-w", str(ws), *RUN, "--onboard-args", "--copy"]) == 0
     assert "cross-validation Dice" in capsys.readouterr().out
     now = {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file() and "records" not in p.parts}
-    assert now == stamps  # nothing retrained, revalidated, re-preprocessed or re-selected
+    assert now == stamps  # nothing retrained, revalidated, re-preprocessed, re-selected or reported again
 
 
 def test_invalid_onboard_args_are_a_user_error(tmp_path: Path, capsys):
