@@ -16,13 +16,17 @@ import io
 import logging
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from segpipe.dataset.formats.common import check_spacing_options, read_spacing_csv
+from segpipe.dataset.model import label_values
 from segpipe.dataset.reading import map_label_values
 from segpipe.errors import Problem, SegpipeError, fail
+from segpipe.evaluation.fairness import fairness, load_groupings
 from segpipe.evaluation.metrics import case_metrics
 from segpipe.evaluation.summary import summarize
 from segpipe.io.atomic import atomic_write_text
@@ -110,18 +114,18 @@ def _cases(folder: Path, option: str = "--ref", glob: str | None = None) -> dict
     return {cid: ps[0] for cid, ps in found.items()}
 
 
-def value_map_for(path: Path, labels: dict[str, int] | None,
+def value_map_for(path: Path, labels: Mapping[str, Any] | None,
                   label_value_map: dict[str, int] | None = None) -> dict[str, int] | None:
     """The label value map used for ``path``, as onboarding chooses it: the data set's own map when given,
     else ``{"255": 1}`` for 2D formats unless 255 is a declared label."""
     if label_value_map:
         return label_value_map
-    if file_ending(path) in ENDINGS_2D and (labels is None or 255 not in labels.values()):
+    if file_ending(path) in ENDINGS_2D and (labels is None or 255 not in label_values(labels)):
         return {"255": 1}
     return None
 
 
-def read_label_map(path: Path, labels: dict[str, int] | None,
+def read_label_map(path: Path, labels: Mapping[str, Any] | None,
                    label_value_map: dict[str, int] | None = None) -> tuple[np.ndarray, Geometry]:
     """A label map ``(z, y, x)`` / ``(y, x)`` as onboarding reads it: first component of RGB(A) masks, values
     mapped by :func:`value_map_for`. Values are returned as stored (not rounded)."""
@@ -139,13 +143,13 @@ def _values(arr: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(a)]
 
 
-def _label_problems(arr: np.ndarray, path: Path, cid: str, labels: dict[str, int], role: str) -> list[Problem]:
+def _label_problems(arr: np.ndarray, path: Path, cid: str, labels: Mapping[str, Any], role: str) -> list[Problem]:
     """Non-integer values, or values that are not declared labels, in a prediction or reference."""
     if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.rint(arr))):
         return [Problem(f"{role} holds non-integer values: not a label map",
                         "give label maps (one integer class value per voxel), not probabilities or images",
                         str(path), cid)]
-    extra = sorted(set(_values(arr)) - set(labels.values()))
+    extra = sorted(set(_values(arr)) - label_values(labels))
     if not extra:
         return []
     fix = ("predict with the model of this data set, or declare the classes with --labels NAME=VALUE ..."
@@ -211,16 +215,20 @@ def _spacings(common: list[str], preds: dict[str, Path], refs: dict[str, Path], 
     return out, f"--spacing-csv {spacing_csv}"
 
 
-def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: dict[str, int], output: Path | None = None,
+def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: Mapping[str, Any], output: Path | None = None,
                      tolerance_mm: float | dict[str, float] = 1.0, workers: int = 1, surface: bool = True, *,
                      ref_glob: str | None = None, pixel_spacing: float | None = None,
-                     spacing_csv: Path | None = None, label_value_map: dict[str, int] | None = None) -> dict:
+                     spacing_csv: Path | None = None, label_value_map: dict[str, int] | None = None,
+                     attributes: Path | None = None, group_by: Sequence[str] = ()) -> dict:
     """Metrics of every prediction that has a reference; writes ``summary.json`` and ``metrics.csv`` to
     ``output`` (when given) only after every case passed its checks.
 
     ``tolerance_mm``: surface Dice tolerance (mm, >= 0; one for all classes or per class name). ``ref_glob``:
     reference file pattern whose ``*`` is the case id. ``pixel_spacing`` (mm) / ``spacing_csv``: pixel size of
     2D references. ``label_value_map``: the data set's value map (default: 255 -> 1 for 2D files).
+    ``attributes`` (a CSV: case id + attribute columns) with ``group_by`` (its columns): every metric per group
+    and ES-Dice in ``summary["groups"]`` (:mod:`segpipe.evaluation.fairness`), the CSV checked before any case is
+    evaluated; the group columns are appended to metrics.csv.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_tolerance(tolerance_mm)
@@ -237,6 +245,7 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: dict[str, int], outp
                    f"{sorted(refs)[:3]})", "name predictions like the references, or match the references with "
                    "--ref-glob (e.g. --ref-glob '*_Mask.png' for <case>_Mask.png)", file=pred_dir)
     spacings, spacing_source = _spacings(common, preds, refs, pixel_spacing, spacing_csv)
+    groupings, attributes_info = load_groupings(attributes, group_by, common)
     results = map_cases(_one, [(c, preds[c], refs[c], labels, tolerance_mm, surface, label_value_map, spacings[c])
                                for c in common], workers, "evaluate", cases=common)
     problems = [p for _, _, ps in results for p in ps]
@@ -246,19 +255,27 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: dict[str, int], outp
     summary = {"pred": str(pred_dir), "ref": str(ref_dir), "labels": labels, "tolerance_mm": tolerance_mm,
                "spacing": spacing_source, "missing_predictions": missing, "cases": per_case,
                **summarize(per_case, labels)}
+    if groupings:
+        summary["attributes"] = attributes_info
+        summary["groups"] = fairness(per_case, groupings, labels, overall=summary)
     if output is not None:
         write_json(Path(output) / "summary.json", summary, kind="evaluation")
-        atomic_write_text(Path(output) / "metrics.csv", to_csv(per_case))
+        atomic_write_text(Path(output) / "metrics.csv", to_csv(per_case, groupings))
     return summary
 
 
-def to_csv(per_case: dict[str, dict[str, dict]]) -> str:
+def to_csv(per_case: dict[str, dict[str, dict]], groupings: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """metrics.csv: one row per case and class; ``groupings`` (``{column: {case: group}}``) appends one column
+    per grouping (named ``group_<column>`` where the column's name is already taken)."""
+    groupings = groupings or {}
+    taken = {"case", "class", *CSV_METRICS}
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["case", "class", *CSV_METRICS])
+    w.writerow(["case", "class", *CSV_METRICS, *(f"group_{c}" if c in taken else c for c in groupings)])
     for cid, classes in per_case.items():
+        groups = [g[cid] for g in groupings.values()]
         for name, m in classes.items():
-            w.writerow([cid, name, *[m.get(k, "") for k in CSV_METRICS]])
+            w.writerow([cid, name, *[m.get(k, "") for k in CSV_METRICS], *groups])
     return buf.getvalue()
 
 
