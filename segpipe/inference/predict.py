@@ -5,7 +5,8 @@ requested fold (sliding window, Gaussian weighting, optional mirroring), the sof
 over configurations for an ensemble), resampled back with each configuration's own plan orders
 (``Configuration.resampling``) and un-cropped into the original geometry, optionally post-processed, and written
 as ``<case><ending>`` (plus ``<case>.npz`` probabilities on request). Cases are preprocessed and exported in
-worker processes while the network predicts.
+worker processes while the network predicts. With ``uncertainty``, each case's entropy and mutual-information
+maps and ``uncertainty.json`` are written too (:mod:`segpipe.inference.uncertainty`).
 
 Memory (issue 12): the network side holds one float32 array of all classes at the configuration's spacing per
 configuration (the folds and mirrorings are summed into it in place); export resamples it back class by class and
@@ -24,6 +25,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from segpipe.inference.cascade import cascade_input
 from segpipe.inference.export import export_prediction
 from segpipe.inference.inputs import discover_inputs, input_spec, resolve_inputs  # noqa: F401 - discover_inputs re-exported
 from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
+from segpipe.inference.uncertainty import export_uncertainty, max_entropy, write_summary
 from segpipe.io.atomic import TMP_PREFIX, remove_stale_temporaries
 from segpipe.io.images import GeometryDict, file_ending
 from segpipe.networks import build_network
@@ -79,7 +82,7 @@ def load_model(results_root: Path, config: Configuration, folds: list[str], n_ch
         if state.get("n_channels", n_channels) != n_channels:
             raise fail(f"checkpoint expects {state['n_channels']} channels, the data set has {n_channels}",
                        "use the workspace the model was trained in", file=path)
-        net = build_network(config.network, n_channels, n_classes, deep_supervision=False)
+        net = build_network(config, n_channels, n_classes, deep_supervision=False)
         net.load_state_dict(state["network"])
         nets.append(net.to(device).eval())
     return Model(config, nets, folds=tuple(str(f) for f in folds))
@@ -100,16 +103,27 @@ def _prepare(args) -> tuple[str, list[tuple[np.ndarray, dict]], GeometryDict]:
     return case.id, out, geo.as_in_file().to_dict()  # written as the input's header has it
 
 
-def _export(args) -> str:
+def _export(args) -> tuple[str, dict[str, Any] | None]:
     """Worker: average the configurations' probabilities in the raw geometry, post-process, write. Each
     configuration's probabilities are resampled back with the orders of its own plan entry (``resampling``,
-    one :class:`~segpipe.planning.plans.Resampling` per part)."""
-    parts, geo, out_path, postprocess, save_probs, labels, resampling = args
+    one :class:`~segpipe.planning.plans.Resampling` per part). With ``expected`` (``--uncertainty``: each part's
+    expected entropy ``(Z, Y, X)``), the entropy and mutual-information maps are written too. Returns the label
+    map's path and the case's uncertainty scores (None without ``expected``)."""
+    parts, geo, out_path, postprocess, save_probs, labels, resampling, region_order, expected = args
     if multiprocessing.parent_process() is not None:  # a worker: the cores are the network's (as in training)
         torch.set_num_threads(1)
-    loaded = [(np.load(p, mmap_mode="r") if isinstance(p, (str, Path)) else p, props) for p, props in parts]
-    export_prediction(loaded, out_path, geo, save_probs, postprocess, labels, resampling)
-    return str(out_path)
+    loaded = [(_load(p), props) for p, props in parts]
+    seg = export_prediction(loaded, out_path, geo, save_probs, postprocess, labels, resampling, region_order)
+    if expected is None:
+        return str(out_path), None
+    scores = export_uncertainty(loaded, [_load(e) for e in expected], out_path, geo, seg, resampling,
+                                regions=region_order is not None)
+    return str(out_path), scores
+
+
+def _load(item: torch.Tensor | Path | str) -> torch.Tensor | np.ndarray:
+    """An array handed to an export worker: memory-mapped when it came as a temporary ``.npy`` file."""
+    return np.load(item, mmap_mode="r") if isinstance(item, (str, Path)) else item
 
 
 def _hand_over(probs: torch.Tensor, folder: Path, cid: str, k: int) -> Path | None:
@@ -145,9 +159,11 @@ def _case_of(task: CaseTask) -> str:
 def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, output_dir: Path, device: torch.device,
                    mirror: bool = True, save_probabilities: bool = False, postprocess: dict | None = None,
                    workers: int = 1, batch_size: int | None = None, pixel_spacing: float | None = None,
-                   amp_dtype: torch.dtype | None = None, spacing_csv: Path | None = None, step: float = 0.5
-                   ) -> list[str]:
-    """Predict every case of ``input_dir`` into ``output_dir`` (never into ``input_dir``)."""
+                   amp_dtype: torch.dtype | None = None, spacing_csv: Path | None = None, step: float = 0.5,
+                   uncertainty: bool = False) -> list[str]:
+    """Predict every case of ``input_dir`` into ``output_dir`` (never into ``input_dir``); returns the label
+    maps written. ``uncertainty``: also write each case's entropy and mutual-information maps and
+    ``uncertainty.json`` (:mod:`segpipe.inference.uncertainty`)."""
     input_dir, output_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
     if output_dir == input_dir:
         raise fail("output folder is the input folder", "write predictions to another folder", file=output_dir)
@@ -158,6 +174,7 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
     ending = file_ending(cases[0].images[0]) or spec.file_ending
     remove_stale_temporaries(output_dir)  # left by a killed earlier run (a live run's are kept)
     written: list[str] = []
+    scores: dict[str, dict[str, Any]] = {}  # --uncertainty: each case's
     failures: dict[str, list[Problem]] = {}
     ahead = max(2, workers + 1)  # cases read and preprocessed ahead of the network
     with CasePool(workers, "predict") as pool, CaseProgress(len(cases), "predict") as bar:
@@ -171,7 +188,9 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                 ok, value = pool.outcome(task)
                 _remove(handed)  # the worker is done with them (or died: a re-run has finished too)
                 if ok:
-                    written.append(value)
+                    written.append(value[0])
+                    if value[1] is not None:
+                        scores[_case_of(task)] = value[1]
                 else:
                     failures[_case_of(task)] = value
                 bar.update(task.case, failed=not ok)
@@ -192,8 +211,9 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
             handed: list[Path] = []
             try:
                 parts: list[tuple[torch.Tensor | Path, dict]] = []
-                for probs, props in case_probabilities(models, prepared, spec.n_classes, mirror, device, batch_size,
-                                                       amp_dtype, step):
+                expected: list[torch.Tensor] | None = [] if uncertainty else None
+                for probs, props in case_probabilities(models, prepared, spec.n_outputs, mirror, device, batch_size,
+                                                       amp_dtype, step, spec.region_order, entropy_out=expected):
                     path = None
                     if pool.workers > 1 and probs.numel() * probs.element_size() > HANDOVER_BYTES:
                         path = _hand_over(probs, output_dir, cid, len(handed))
@@ -203,6 +223,9 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
                     else:
                         parts.append((probs, props))
                     del probs
+                handed_expected = None if expected is None else [
+                    _handed(e, pool.workers, output_dir, cid, handed) for e in expected]
+                del expected
             except Exception as e:  # noqa: BLE001 - reported with this case; the other cases go on
                 _remove(handed)
                 failures[cid] = failure_problems(e, "predict", cid)
@@ -211,13 +234,39 @@ def predict_folder(spec: DatasetSpec, models: list[Model], input_dir: Path, outp
             del prepared, value
             resampling = [m.config.resampling for m in models]  # one per part, in the order of ``parts``
             exporting.append((pool.submit(_export, (parts, geo, out_path, postprocess, save_probabilities,
-                                                    spec.classes, resampling), cid), handed))
-            del parts
+                                                    spec.classes, resampling, spec.region_order,
+                                                    handed_expected), cid), handed))
+            del parts, handed_expected
             finish_exports(keep=max(0, workers - 1))
         finish_exports(keep=0)
+    if uncertainty and scores:  # the cases that succeeded, also when others failed
+        write_summary(output_dir, scores, _members(models, mirror),
+                      max_entropy(spec.n_outputs, binary=spec.region_order is not None))
     if failures:
         raise case_failures_error(failures, len(cases), "predict")
     return written
+
+
+def _handed(volume: torch.Tensor, workers: int, folder: Path, cid: str, handed: list[Path]) -> torch.Tensor | Path:
+    """``volume`` as it goes to the export worker: a temporary file (appended to ``handed``) when it is over
+    ``HANDOVER_BYTES`` and there are workers, as the probabilities go; else the tensor itself."""
+    if workers > 1 and volume.numel() * volume.element_size() > HANDOVER_BYTES:
+        path = _hand_over(volume, folder, cid, len(handed))
+        if path is not None:
+            handed.append(path)
+            return path
+    return volume
+
+
+def _members(models: Sequence[Model], mirror: bool) -> dict[str, Any]:
+    """The ensemble members of a prediction, for ``uncertainty.json``: per configuration its folds and
+    mirrorings (members = folds x mirrorings; the configurations' probabilities are averaged with equal weight)."""
+    out = {}
+    for m in models:
+        mirrorings = 2 ** len(mirror_axes_for(m.config.ndim)) if mirror else 1
+        out[m.config_name] = {"folds": list(m.folds), "mirrorings": mirrorings,
+                              "members": len(m.networks) * mirrorings}
+    return out
 
 
 def _remove(paths: list[Path]) -> None:
@@ -228,9 +277,13 @@ def _remove(paths: list[Path]) -> None:
 
 def case_probabilities(models: Sequence[Model], prepared: Sequence[tuple[np.ndarray, dict]], n_classes: int,
                        mirror: bool, device: torch.device, batch_size: int | None = None,
-                       amp_dtype: torch.dtype | None = None, step: float = 0.5
+                       amp_dtype: torch.dtype | None = None, step: float = 0.5,
+                       region_order: Sequence[int] | None = None, entropy_out: list[torch.Tensor] | None = None
                        ) -> Iterator[tuple[torch.Tensor, dict]]:
-    """Each model's ``(probabilities (n_classes, Z, Y, X), props)`` for one case, one model at a time.
+    """Each model's ``(probabilities (n_classes, Z, Y, X), props)`` for one case, one model at a time
+    (``n_classes``: network outputs; with ``region_order`` they are region probabilities, one sigmoid each).
+    ``entropy_out``: a list that receives each model's expected entropy over its members ``(Z, Y, X)``
+    (float32, :func:`predict_case`'s ``entropy_out``), appended before that model's probabilities are yielded.
 
     ``prepared``: the case preprocessed for each model's configuration (``(data (c, Z, Y, X), props)``, in the
     order of ``models``), then for each cascade stage's previous stage (in the same order): a cascade stage
@@ -240,33 +293,49 @@ def case_probabilities(models: Sequence[Model], prepared: Sequence[tuple[np.ndar
     for model, (pdata, props) in zip(models, prepared):
         if model.previous is not None:
             prev_data, prev_props = next(extra)
-            prev = predict_case(model.previous, prev_data, n_classes, mirror, device, batch_size, amp_dtype, step)
-            prev_label = export_prediction([(prev, prev_props)], resampling=[model.previous.config.resampling])
+            prev = predict_case(model.previous, prev_data, n_classes, mirror, device, batch_size, amp_dtype, step,
+                                region_order)
+            prev_label = export_prediction([(prev, prev_props)], resampling=[model.previous.config.resampling],
+                                           region_order=region_order)
             del prev
             pdata = cascade_input(pdata, props, model.config, prev_label, model.foreground)
-        yield predict_case(model, pdata, n_classes, mirror, device, batch_size, amp_dtype, step), props
+        if entropy_out is None:
+            yield predict_case(model, pdata, n_classes, mirror, device, batch_size, amp_dtype, step,
+                               region_order), props
+            continue
+        expected = torch.empty(tuple(pdata.shape[1:]), dtype=torch.float32)
+        probs = predict_case(model, pdata, n_classes, mirror, device, batch_size, amp_dtype, step, region_order,
+                             entropy_out=expected)
+        entropy_out.append(expected)
+        yield probs, props
 
 
 def predict_case(model: Model, pdata: np.ndarray, n_classes: int, mirror: bool, device: torch.device,
-                 batch_size: int | None = None, amp_dtype: torch.dtype | None = None, step: float = 0.5
+                 batch_size: int | None = None, amp_dtype: torch.dtype | None = None, step: float = 0.5,
+                 region_order: Sequence[int] | None = None, entropy_out: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    """Fold-averaged softmax probabilities of one configuration for one preprocessed case ``(c, Z, Y, X)``,
+    """Fold-averaged softmax probabilities of one configuration for one preprocessed case ``(c, Z, Y, X)``
+    (region probabilities, a sigmoid per output, when ``region_order`` is given),
     at the configuration's spacing: ``(n_classes, Z, Y, X)`` float32 on the CPU, one array for all folds
-    (:func:`segpipe.inference.sliding_window.predict_sliding_window` sums them in place)."""
+    (:func:`segpipe.inference.sliding_window.predict_sliding_window` sums them in place). ``entropy_out``
+    (``(Z, Y, X)`` float32, CPU) receives the expected entropy over the folds' mirrorings (uncertainty)."""
     cfg = model.config
     if not model.networks:
         raise ValueError(f"configuration {cfg.name}: no trained network to predict with")
     mirror_axes = mirror_axes_for(cfg.ndim) if mirror else None
     return predict_sliding_window(model.networks, pdata, list(cfg.patch_size), n_classes, mirror_axes,
                                   batch_size=batch_size or cfg.batch_size, device=device,
-                                  amp=amp_dtype is not None, amp_dtype=amp_dtype, step=step)
+                                  amp=amp_dtype is not None, amp_dtype=amp_dtype, step=step,
+                                  sigmoid=region_order is not None, entropy_out=entropy_out)
 
 
 def export_case(parts: list[tuple[torch.Tensor | np.ndarray, dict]], geometry: GeometryDict | dict,
                 out_path: Path, save_probabilities: bool = False, postprocess: dict | None = None,
-                labels: dict[str, int] | None = None,
-                resampling: Sequence[Resampling] | None = None) -> np.ndarray:
+                labels: dict[str, Any] | None = None,
+                resampling: Sequence[Resampling] | None = None, region_order: Sequence[int] | None = None
+                ) -> np.ndarray:
     """Write one case's label map (and probabilities) from ``(probabilities, props)`` per configuration, as
     :func:`predict_folder` does; returns the label map. ``resampling``: each configuration's plan entry
     (``config.resampling``, one per part). (:func:`export_prediction` with predict's arguments.)"""
-    return export_prediction(parts, out_path, geometry, save_probabilities, postprocess, labels, resampling)
+    return export_prediction(parts, out_path, geometry, save_probabilities, postprocess, labels, resampling,
+                             region_order)

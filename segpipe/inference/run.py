@@ -9,6 +9,7 @@ from segpipe.dataset.store import load_dataset
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.inference.models import chosen_models, load_models
 from segpipe.inference.predict import Model, predict_folder
+from segpipe.inference.uncertainty import SUMMARY_NAME, uncertainty_paths
 from segpipe.locking import locked
 from segpipe.workspace import Workspace
 
@@ -24,11 +25,13 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
                 folds: list[str] | None = None, best: bool = False, mirror: bool = True,
                 save_probabilities: bool = False, checkpoint: str = "final", device: str = "auto",
                 workers: int = 1, pixel_spacing: float | None = None,
-                precision: str = "auto", spacing_csv: Path | None = None, step: float = 0.5
-                ) -> tuple[list[str], str]:
+                precision: str = "auto", spacing_csv: Path | None = None, step: float = 0.5,
+                uncertainty: bool = False) -> tuple[list[str], str]:
     """Predict ``input_dir`` into ``output_dir`` with the chosen models; returns (written files, description).
 
     2D inputs (PNG, ...) need their pixel size (mm): ``pixel_spacing`` for all, or ``spacing_csv`` per file.
+    ``uncertainty``: also each case's entropy and mutual-information maps and ``uncertainty.json``
+    (:mod:`segpipe.inference.uncertainty`).
     """
     spec = load_dataset(ws)
     configs, folds, postprocess = chosen_models(ws, configs, folds, best)
@@ -46,11 +49,17 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
     written = predict_folder(spec, models, input_dir, output_dir, dev, mirror=mirror,
                              save_probabilities=save_probabilities, postprocess=postprocess, workers=workers,
                              pixel_spacing=pixel_spacing, amp_dtype=autocast_dtype(dev, precision),
-                             spacing_csv=spacing_csv, step=step)
-    _write_predict_record(ws, input_dir, output_dir, models, written,
-                          {"configs": [m.config_name for m in models], "folds": folds, "checkpoint": checkpoint,
-                           "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing,
-                           "step": step})
+                             spacing_csv=spacing_csv, step=step, uncertainty=uncertainty)
+    settings = {"configs": [m.config_name for m in models], "folds": folds, "checkpoint": checkpoint,
+                "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing, "step": step}
+    outputs = list(written)
+    if uncertainty:  # recorded only when asked for: a plain prediction's record is what it was
+        settings["uncertainty"] = True
+        outputs += [str(p) for w in written for p in uncertainty_paths(w)]
+        outputs.append(str(Path(output_dir) / SUMMARY_NAME))
+    _write_predict_record(ws, input_dir, output_dir, models, outputs, settings)
+    if uncertainty:
+        desc += f", uncertainty in {SUMMARY_NAME}"
     return written, desc
 
 

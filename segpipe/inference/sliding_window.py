@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segpipe.inference.uncertainty import entropy
+
 
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
     """A Gaussian over ``patch_size`` (float32), 1 at the centre, sigma = ``patch * sigma_scale`` per axis.
@@ -96,6 +98,28 @@ def _softmax_(logits: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(dim=1, keepdim=True))
 
 
+def _sigmoid_(logits: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """Sigmoid in float32 (region-based networks: one independent probability per region), in place when
+    :func:`_softmax_` would be."""
+    if logits.dtype != torch.float32 or logits.untyped_storage().data_ptr() == inp.untyped_storage().data_ptr():
+        return torch.sigmoid(logits.float())
+    return logits.sigmoid_()
+
+
+def _entropy_accumulator(entropy_out: torch.Tensor | None, spatial: tuple[int, ...], device: torch.device
+                         ) -> torch.Tensor | None:
+    """Where the members' weighted entropies are summed: ``entropy_out`` itself (zeroed) when it is on
+    ``device``, else a zeroed volume there (copied into ``entropy_out`` at the end); None when not asked for."""
+    if entropy_out is None:
+        return None
+    if tuple(entropy_out.shape) != spatial or entropy_out.dtype != torch.float32:
+        raise ValueError(f"entropy_out must be float32 of the case's shape {spatial}, got "
+                         f"{entropy_out.dtype} {tuple(entropy_out.shape)}")
+    if entropy_out.device == device:
+        return entropy_out.zero_()
+    return torch.zeros(spatial, dtype=torch.float32, device=device)
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -122,8 +146,10 @@ def predict_sliding_window(network: torch.nn.Module | Sequence[torch.nn.Module],
                            patch_size: Sequence[int], n_classes: int, mirror_axes: Sequence[int] | None = None,
                            batch_size: int = 2, device: torch.device | str = "cpu", step: float = 0.5,
                            use_gaussian: bool = True, amp: bool = False, progress: bool = False,
-                           amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Softmax probabilities ``(n_classes, Z, Y, X)`` (float32, CPU) of a case ``data`` ``(c, Z, Y, X)``.
+                           amp_dtype: torch.dtype | None = None, sigmoid: bool = False,
+                           entropy_out: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax probabilities ``(n_classes, Z, Y, X)`` (float32, CPU) of a case ``data`` ``(c, Z, Y, X)``; with
+    ``sigmoid`` (region-based networks) the sigmoid of each output channel instead, ``(n_regions, Z, Y, X)``.
 
     ``patch_size`` has 3 entries (3D network, windows over Z, Y, X) or 2 (2D network applied to every slice
     along Z, windows over Y, X). Axes smaller than the patch are zero-padded (centred) and the padding is
@@ -134,6 +160,10 @@ def predict_sliding_window(network: torch.nn.Module | Sequence[torch.nn.Module],
     Memory: the result is the only array of all classes at the case's size (float32): each window's softmax is
     weighted and added into it in place, the padding never enters it, and it is divided by the accumulated
     weights in place at the end; mirrorings and networks are summed per batch of windows.
+
+    ``entropy_out``: a float32 CPU tensor ``(Z, Y, X)`` that receives the expected entropy ``E_m H[p_m]`` over
+    the members (every mirroring of every network; :mod:`segpipe.inference.uncertainty`), each member's entropy
+    weighted and accumulated like its probabilities: one more volume of the case's size, no per-member array.
     """
     device = torch.device(device)
     networks: list[torch.nn.Module] = [network] if isinstance(network, torch.nn.Module) else list(network)
@@ -176,6 +206,7 @@ def predict_sliding_window(network: torch.nn.Module | Sequence[torch.nn.Module],
     for _, dst, inner in regions:
         weights[dst] += weight_patch[inner]
     acc = torch.zeros((n_classes,) + spatial, dtype=torch.float32, device=device)
+    ent_acc = _entropy_accumulator(entropy_out, spatial, device)
 
     for net in networks:
         net.to(device)
@@ -194,6 +225,7 @@ def predict_sliding_window(network: torch.nn.Module | Sequence[torch.nn.Module],
         for chunk in _chunks(windows, batch_size):
             batch = torch.stack([x[(slice(None),) + src] for src, _, _ in chunk])  # (B, c, *patch)
             probs: torch.Tensor | None = None
+            ents: torch.Tensor | None = None  # the members' summed entropies, (B, *patch)
             for net in networks:
                 for dims in flips:
                     inp = torch.flip(batch, dims) if dims else batch
@@ -202,10 +234,13 @@ def predict_sliding_window(network: torch.nn.Module | Sequence[torch.nn.Module],
                     if logits.shape[1] != n_classes or tuple(logits.shape[2:]) != patch:
                         raise ValueError(f"network returned {tuple(logits.shape)}, expected "
                                          f"(B, {n_classes}, {', '.join(map(str, patch))})")
-                    prob = _softmax_(logits, inp)
+                    prob = _sigmoid_(logits, inp) if sigmoid else _softmax_(logits, inp)
                     del logits
                     if dims:
                         prob = torch.flip(prob, dims)
+                    if ent_acc is not None:  # before ``prob`` is summed into (or becomes) ``probs``
+                        ent = entropy(prob, dim=1, binary=sigmoid)
+                        ents = ent if ents is None else ents.add_(ent)
                     probs = prob if probs is None else probs.add_(prob)
             if probs is None:  # unreachable: flips always holds the identity ()
                 raise ValueError("no mirroring combination to predict with")
@@ -213,10 +248,19 @@ def predict_sliding_window(network: torch.nn.Module | Sequence[torch.nn.Module],
             for (_, dst, inner), prob in zip(chunk, probs):
                 acc[(slice(None),) + dst] += prob[(slice(None),) + inner]
             del probs
+            if ent_acc is not None and ents is not None:
+                ents.mul_(window_weight)
+                for (_, dst, inner), ent in zip(chunk, ents):
+                    ent_acc[dst] += ent[inner]
+                del ents
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
 
     acc /= weights  # in place; broadcasts over classes (and slices in 2D)
+    if ent_acc is not None and entropy_out is not None:
+        ent_acc /= weights
+        if ent_acc is not entropy_out:
+            entropy_out.copy_(ent_acc)
     return acc.cpu() if acc.device.type != "cpu" else acc
