@@ -35,7 +35,7 @@ def _labels(items: list[str] | None) -> dict[str, int]:
 
 def _add_ws(p: argparse.ArgumentParser, name_required: bool = False) -> None:
     p.add_argument("--workspace", "-w", help="workspace folder (default: $SEGPIPE_WORKSPACE or ./segpipe_workspace)")
-    p.add_argument("--name", "-n", required=name_required,
+    p.add_argument("--name", "-n", "-d", required=name_required,
                    help="dataset name in the workspace (default: the workspace's only dataset)")
 
 
@@ -136,12 +136,15 @@ def cmd_train(a: argparse.Namespace) -> int:
                              budget_s=parse_duration(a.budget) if a.budget else None, lr=a.lr, seed=a.seed,
                              workers=a.workers, device=a.device, threads=a.threads, batch_size=a.batch_size,
                              precision=a.precision, started_at=a.started_at).check()
-    if a.fold == "each":
-        from segpipe.training.splits import fold_names
+    folds: list[str] = []
+    for f in a.fold:  # in the order given; 'each' is every fold of splits.json (5, fewer for small data sets)
+        if f == "each":
+            from segpipe.training.splits import fold_names
 
-        folds = fold_names(ws)  # the folds of splits.json: 5, fewer for data sets of fewer cases
-    else:
-        folds = [a.fold]
+            new = fold_names(ws)
+        else:
+            new = [f]
+        folds += [x for x in new if x not in folds]
     for i, fold in enumerate(folds):
         if i:  # --budget is per fold: each later fold's budget starts when it starts
             settings = dataclasses.replace(settings, started_at=None)
@@ -167,7 +170,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
                                 mirror=not a.no_mirror, save_probabilities=a.save_probabilities,
                                 checkpoint=a.checkpoint, device=a.device, workers=a.workers,
                                 pixel_spacing=a.pixel_spacing, precision=a.precision,
-                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, step=a.step_size)
+                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, step=a.step_size,
+                                uncertainty=a.uncertainty)
     print(f"{len(written)} case(s) predicted with {desc} -> {a.output}")
     return 0
 
@@ -189,24 +193,27 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     value_map, ws = None, None
     if a.workspace or a.name or os.environ.get(DEFAULT_WORKSPACE_ENV):
         ws = Workspace.locate(a.workspace, a.name)
+    labels: dict[str, int | list[int]]
     if a.labels:
-        labels = _labels(a.labels)
+        labels = dict(_labels(a.labels))
     elif ws is not None:
         from segpipe.dataset.store import load_dataset
 
         spec = load_dataset(ws)
         labels, value_map = spec.labels, spec.label_value_map
     else:
-        labels = labels_from_references(ref, a.ref_glob)
+        labels = dict(labels_from_references(ref, a.ref_glob))
     summary = evaluate_folders(pred, ref, labels, out, a.tolerance, a.workers, surface=not a.no_surface,
                                ref_glob=a.ref_glob, pixel_spacing=a.pixel_spacing,
                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None,
-                               label_value_map=value_map)
+                               label_value_map=value_map,
+                               attributes=Path(a.attributes) if a.attributes else None, group_by=a.group_by)
     if ws is not None and ws.dataset_json.is_file():
         from segpipe.evaluation.evaluate import record_evaluation
 
         record_evaluation(ws, pred, ref, out, {"labels": labels, "tolerance_mm": a.tolerance,
-                                               "surface": not a.no_surface, "ref_glob": a.ref_glob})
+                                               "surface": not a.no_surface, "ref_glob": a.ref_glob,
+                                               "attributes": a.attributes, "group_by": a.group_by})
     for name, m in summary["mean"].items():
         print(f"{name:15s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95_mm']:.2f} mm "
               f"(over {m['n_cases_per_metric']['hd95_mm']})  surface Dice {m['surface_dice']:.4f}  "
@@ -214,6 +221,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
               f"{m['n_spurious']} spurious)")
     print(f"mean foreground Dice {summary['foreground_mean_dice']:.4f} (spacing: {summary['spacing']}) -> "
           f"{out / 'summary.json'}, {out / 'metrics.csv'}")
+    if summary.get("groups"):
+        from segpipe.evaluation.fairness import format_groups
+
+        print("\n".join(format_groups(summary["groups"])))
+        ignored = summary["attributes"]["n_rows_not_evaluated"]
+        print(f"attributes: {summary['attributes']['file']} ({ignored} row(s) not among the evaluated cases, "
+              "ignored)")
     return 0
 
 
@@ -223,6 +237,17 @@ def cmd_select(a: argparse.Namespace) -> int:
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
     print(format_selection(run_select(ws, a.config)))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from segpipe.report import write_report
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    r = write_report(ws, force=a.force)
+    state = "unchanged, kept" if r.skipped else f"{len(r.sections)} section(s)"
+    print(f"report ({state}): {r.index}")
     return 0
 
 
@@ -239,14 +264,15 @@ def cmd_export_model(a: argparse.Namespace) -> int:
 
 
 def cmd_export_network(a: argparse.Namespace) -> int:
-    from segpipe.inference.network_export import export_torchscript
+    from segpipe.inference.network_export import export_network
     from segpipe.planning.plans import load_plans
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
     config = a.config or load_plans(ws).default_configuration
-    r = export_torchscript(ws, config, a.fold, Path(a.output), checkpoint=a.checkpoint, force=a.force)
-    print(f"{r['file']}: TorchScript of {r['config']} fold {r['fold']}, input {r['input_shape']}; matches the "
+    r = export_network(ws, config, a.fold, Path(a.output), fmt=a.format, checkpoint=a.checkpoint, force=a.force)
+    kind = f"ONNX (opset {r['opset']}, batch axis dynamic)" if r["format"] == "onnx" else "TorchScript"
+    print(f"{r['file']}: {kind} of {r['config']} fold {r['fold']}, input {r['input_shape']}; matches the "
           f"PyTorch network on {r['checked_on']} (max abs difference {r['max_abs_difference']:.1e})")
     return 0
 
@@ -305,16 +331,32 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+class _StageListFormatter(argparse.HelpFormatter):
+    """The top-level help: 100 columns, and room for the longest stage name so that every stage is one line
+    (argparse measures sub-commands 2 columns less indented than it prints them)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=100)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segpipe", description="Self-configuring medical image segmentation.")
+    p = argparse.ArgumentParser(
+        prog="segpipe", description="Self-configuring medical image segmentation. The stages below are listed in "
+        "chain order; `segpipe <stage> --help` for each one's options.",
+        formatter_class=_StageListFormatter)
     p.add_argument("--version", action="version", version=f"segpipe {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
-    sub = p.add_subparsers(dest="stage", required=True, metavar="<stage>")
+    sub = p.add_subparsers(dest="stage", required=True, metavar="<stage>", title="stages")
 
-    o = sub.add_parser("onboard", help="describe and validate a folder of labelled images as a dataset")
+    o = sub.add_parser("onboard", help="describe and check a folder of labelled images -> dataset.json")
     o.add_argument("source", help="the folder holding the data (never written to)")
-    o.add_argument("--name", "-n", required=True, help="dataset name (letters, digits, _ -)")
+    o.add_argument("--name", "-n", "-d", required=True, help="dataset name (letters, digits, _ -)")
     o.add_argument("--workspace", "-w", help="workspace folder (default: $SEGPIPE_WORKSPACE or ./segpipe_workspace)")
     o.add_argument("--format", default="auto", help="auto (default), msd, nnunet or flat")
     o.add_argument("--channels", nargs="+", metavar="NAME", help="channel names in order, e.g. CT or T1 T2 "
@@ -337,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(o)
     o.set_defaults(func=cmd_onboard)
 
-    f = sub.add_parser("fingerprint", help="per-case geometry and intensity statistics -> fingerprint.json")
+    f = sub.add_parser("fingerprint", help="per-case geometry and intensities -> fingerprint.json")
     _add_ws(f)
     _add_common(f)
     f.set_defaults(func=cmd_fingerprint)
@@ -353,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(array axis order: z y x)")
     pl.add_argument("--patch-size", type=int, nargs="+", metavar="VOX", help="override the patch size")
     pl.add_argument("--batch-size", type=int, help="override the batch size")
-    pl.add_argument("--config", help="configuration the overrides apply to (default: 3d_fullres, or 2d for 2D "
+    pl.add_argument("--config", "-c", help="configuration the overrides apply to (default: 3d_fullres, or 2d for 2D "
                     "data)")
     pl.add_argument("--network", default="plain", help="network from the registry (default: plain)")
     pl.add_argument("--budget", help="training time per fold, e.g. 20m: measure this machine and choose the "
@@ -365,21 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--force", action="store_true", help="re-run even when the inputs did not change")
     pl.set_defaults(func=cmd_plan)
 
-    pp = sub.add_parser("preprocess", help="crop, normalize, resample every case -> preprocessed/<config>/")
+    pp = sub.add_parser("preprocess", help="crop, normalise, resample every case -> preprocessed/<config>/")
     _add_ws(pp)
-    pp.add_argument("--config", help="configuration from plans.json (default: the plan's choice, see "
+    pp.add_argument("--config", "-c", help="configuration from plans.json (default: the plan's choice, see "
                     "`segpipe plan --explain`)")
     _add_common(pp)
     pp.set_defaults(func=cmd_preprocess)
 
-    t = sub.add_parser("train", help="train one fold of a configuration (resumable), then validate it",
+    t = sub.add_parser("train", help="train folds of a configuration (resumable), then validate them",
                        epilog="Environment: RANK, LOCAL_RANK and WORLD_SIZE are read when set by torchrun "
                        "(multi-GPU training); nothing else besides $SEGPIPE_WORKSPACE (see --workspace).")
     _add_ws(t)
     t.add_argument("--config", "-c", help="configuration from plans.json (default: the plan's choice, see "
                    "`segpipe plan --explain`: 3d_fullres, 2d for 2D data, or what a --budget plan chose)")
-    t.add_argument("--fold", "-f", default="0", help="a fold of splits.json (0..4; fewer folds for data sets of "
-                   "under 5 cases), 'all' (train on every case) or 'each' (every fold of splits.json in turn)")
+    t.add_argument("--fold", "--folds", "-f", nargs="+", default=["0"], dest="fold", help="fold(s) of splits.json, "
+                   "trained in turn (0..4; fewer folds for data sets of under 5 cases), 'all' (train on every case) "
+                   "or 'each' (every fold of splits.json)")
     t.add_argument("--epochs", type=int, help="number of epochs (default 1000 unless --budget is given)")
     t.add_argument("--iterations-per-epoch", type=int, help="default 250, or with --budget what fits it")
     t.add_argument("--val-iterations", type=int, help="validation batches per epoch (default: iterations/5, "
@@ -392,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     _add_device(t)
     t.add_argument("--threads", type=int, help="torch threads for CPU training (default: torch's choice)")
-    t.add_argument("--trainer", help="trainer from the registry (default: the plan's, 'default')")
+    t.add_argument("--trainer", "-tr", help="trainer from the registry (default: the plan's, 'default')")
     t.add_argument("--workers", type=int, default=1, help="background processes making augmented batches "
                    "(default %(default)s)")
     g = t.add_mutually_exclusive_group()
@@ -407,22 +450,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "fitting weight (full) or the encoder's only")
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("predict", help="segment new images with trained folds (ensembled), in their own geometry")
+    se = sub.add_parser("select", help="best configuration/ensemble and post-processing from cross-validation")
+    _add_ws(se)
+    se.add_argument("--config", "-c", nargs="+", help="configurations to consider (default: all planned)")
+    se.set_defaults(func=cmd_select)
+
+    pr = sub.add_parser("predict", help="segment new images with trained folds, in their own geometry")
     _add_ws(pr)
     pr.add_argument("--input", "-i", required=True, help="folder of images (<case>_0000<ending> per channel, or "
                     "one file per case for single-channel data)")
     pr.add_argument("--output", "-o", required=True, help="folder for the label maps (created)")
     pr.add_argument("--config", "-c", nargs="+", help="configuration(s); several are ensembled (default: the "
                     "main one, 3d_fullres or 2d)")
-    pr.add_argument("--folds", "-f", nargs="+", help="folds to ensemble (default: every trained fold)")
+    pr.add_argument("--folds", "--fold", "-f", nargs="+", dest="folds", help="folds to ensemble (default: every "
+                    "trained fold)")
     pr.add_argument("--best", action="store_true", help="use `segpipe select`'s choice: configuration(s), folds "
                     "and post-processing")
-    pr.add_argument("--checkpoint", default="final", choices=["final", "best", "latest"])
+    pr.add_argument("--checkpoint", "-chk", default="final", choices=["final", "best", "latest"])
     pr.add_argument("--no-mirror", "--disable-tta", action="store_true", help="no mirroring test-time augmentation "
                     "(faster; --disable-tta is nnU-Net's name)")
     pr.add_argument("--step-size", type=_step_size, default=0.5, help="sliding-window step as a fraction of the "
                     "patch, in (0, 1] (default 0.5; larger is faster, nnU-Net's -step_size)")
     pr.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with softmax maps")
+    pr.add_argument("--uncertainty", action="store_true", help="also write <case>_entropy<ending> and "
+                    "<case>_mutual_information<ending> (per voxel, over mirrorings and folds) and a score per case "
+                    "in uncertainty.json")
     pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images (PNG, TIFF, BMP, JPEG carry no "
                     "spacing): one pixel size for all (mm); 2D input needs this or --spacing-csv")
     pr.add_argument("--spacing-csv", metavar="CSV", help="2D images: CSV with file name and pixel size (mm) "
@@ -449,49 +501,54 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--spacing-csv", metavar="CSV", help="2D references: CSV with file name and pixel size (mm) "
                     "columns, as for onboarding (looked up by prediction file name, reference file name or "
                     "<case><ending>)")
+    ev.add_argument("--attributes", metavar="CSV", help="per-case attributes: a CSV with a case-id column (case_id, "
+                    "case, id, file, image or name) and attribute columns (site, scanner, sex, ...); with --group-by")
+    ev.add_argument("--group-by", nargs="+", metavar="COLUMN", default=[], help="attribute column(s) of "
+                    "--attributes: every metric per group, and the equity-scaled Dice (ES-Dice), in summary.json's "
+                    "'groups'; the columns are appended to metrics.csv")
     ev.add_argument("--no-surface", action="store_true", help="skip HD95 and surface Dice (faster)")
     ev.add_argument("--workers", type=int, default=_default_workers())
     ev.set_defaults(func=cmd_evaluate)
 
-    se = sub.add_parser("select", help="pick the best configuration/ensemble and post-processing from "
-                        "cross-validation")
-    _add_ws(se)
-    se.add_argument("--config", "-c", nargs="+", help="configurations to consider (default: all planned)")
-    se.set_defaults(func=cmd_select)
+    rp = sub.add_parser("report", help="one HTML page: data, plans, training, results -> report/index.html")
+    _add_ws(rp)
+    rp.add_argument("--force", action="store_true", help="make the report again even when nothing changed")
+    rp.set_defaults(func=cmd_report)
 
-    ex = sub.add_parser("export-model", help="write a trained model (plans, checkpoints, selection) as one zip")
+    ex = sub.add_parser("export-model", help="a trained model (plans, checkpoints, selection) as one zip")
     _add_ws(ex)
     ex.add_argument("--output", "-o", required=True, help="the zip file to write")
     ex.add_argument("--config", "-c", nargs="+", help="configurations (default: the plan's default)")
-    ex.add_argument("--folds", "-f", nargs="+", help="folds (default: every trained fold)")
+    ex.add_argument("--folds", "--fold", "-f", nargs="+", dest="folds", help="folds (default: every trained fold)")
     ex.add_argument("--best", action="store_true", help="`segpipe select`'s choice of configurations and folds")
     ex.add_argument("--force", action="store_true", help="replace an existing zip")
     ex.set_defaults(func=cmd_export_model)
 
-    en = sub.add_parser("export-network", help="one fold's network as TorchScript (checked against PyTorch)")
-    _add_ws(en)
-    en.add_argument("--output", "-o", required=True, help="the .pt file to write")
-    en.add_argument("--config", "-c", help="configuration (default: the plan's default)")
-    en.add_argument("--fold", "-f", default="0")
-    en.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final")
-    en.add_argument("--force", action="store_true", help="replace an existing file")
-    en.set_defaults(func=cmd_export_network)
-
-    im = sub.add_parser("import-model", help="install a model zip from export-model into a workspace")
+    im = sub.add_parser("import-model", help="install a zip from export-model into a workspace")
     im.add_argument("package", help="the zip written by `segpipe export-model`")
     _add_ws(im)
     im.add_argument("--force", action="store_true", help="replace trained folds of the same data set")
     im.set_defaults(func=cmd_import_model)
 
-    ru = sub.add_parser("run", help="the whole chain: onboard, fingerprint, plan, preprocess, train every fold, "
-                        "select")
+    en = sub.add_parser("export-network", help="one fold's network as TorchScript or ONNX (checked against PyTorch)")
+    _add_ws(en)
+    en.add_argument("--output", "-o", required=True, help="the file to write (.pt for TorchScript, .onnx for ONNX)")
+    en.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                    help="TorchScript (default) or ONNX (needs: pip install 'segpipe[onnx]')")
+    en.add_argument("--config", "-c", help="configuration (default: the plan's default)")
+    en.add_argument("--fold", "--folds", "-f", default="0", dest="fold", help="the fold (default 0)")
+    en.add_argument("--checkpoint", "-chk", choices=["final", "best", "latest"], default="final")
+    en.add_argument("--force", action="store_true", help="replace an existing file")
+    en.set_defaults(func=cmd_export_network)
+
+    ru = sub.add_parser("run", help="the whole chain: onboard ... train every fold, select, report")
     ru.add_argument("source", help="the folder holding the data")
-    ru.add_argument("--name", "-n", required=True)
+    ru.add_argument("--name", "-n", "-d", required=True)
     ru.add_argument("--workspace", "-w")
     ru.add_argument("--config", "-c", nargs="+", help="configurations to train (default: with --budget the one "
                     "the budget plan chose, else all planned)")
-    ru.add_argument("--folds", "-f", nargs="+", type=int, help="folds to train (default: every fold of "
-                    "splits.json: 5, fewer for data sets of under 5 cases)")
+    ru.add_argument("--folds", "--fold", "-f", nargs="+", type=int, dest="folds", help="folds to train (default: "
+                    "every fold of splits.json: 5, fewer for data sets of under 5 cases)")
     ru.add_argument("--budget", help="time per fold, e.g. 20m: the plan is chosen for it (segpipe plan --budget) "
                     "and each fold's train command fits in it")
     ru.add_argument("--epochs", type=int)
@@ -504,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "checked and applied to onboarding")
     ru.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", help="run the stages on the example data shipped with segpipe")
+    d = sub.add_parser("demo", help="every stage on the example data shipped with segpipe")
     d.add_argument("--workspace", "-w", default="demo_workspace", help="where to put the demo's artifacts")
     d.add_argument("--budget", default="2m", help="training budget per fold (default %(default)s)")
     d.add_argument("--config", "-c", nargs="+", help="configurations to train (default: 2d)")

@@ -59,10 +59,10 @@ def load_models(ws: Workspace, configs: list[str], folds: list[str] | None, chec
                            f"run `segpipe train --config {prev_cfg.name} --fold each`",
                            file=ws.results_root(prev_cfg.name))
             previous = load_model(ws.results_root(prev_cfg.name), prev_cfg, prev_folds, spec.n_channels,
-                                  spec.n_classes, device, checkpoint)
+                                  spec.n_outputs, device, checkpoint)
             _check_folds_plan(ws, prev_cfg.name, prev_cfg, prev_folds)
-            foreground = tuple(foreground_values(spec.labels))
-        model = load_model(ws.results_root(c), cfg, fs, spec.n_channels + len(foreground), spec.n_classes, device,
+            foreground = tuple(foreground_values(spec.labels, spec.region_order))
+        model = load_model(ws.results_root(c), cfg, fs, spec.n_channels + len(foreground), spec.n_outputs, device,
                            checkpoint)
         model.previous, model.foreground = previous, foreground
         models.append(model)

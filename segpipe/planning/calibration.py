@@ -58,22 +58,28 @@ def candidate_key(network_plan: Mapping[str, Any], patch: Sequence[int], batch: 
 def measure_iteration(network_plan: Mapping[str, Any], n_channels: int, n_classes: int, patch: Sequence[int],
                       batch: int, device: torch.device, amp_dtype: torch.dtype | None) -> float:
     """Seconds for one training iteration on random data: the real network, loss and optimizer step."""
-    from segpipe.networks import build_network
+    import dataclasses
+
+    from segpipe.networks.registry import build_from_spec, network_capabilities, network_spec
     from segpipe.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
 
     torch.manual_seed(0)
-    net = build_network(network_plan, n_channels, n_classes, deep_supervision=True).to(device).train()
+    spec = dataclasses.replace(network_spec(network_plan, n_channels, n_classes, deep_supervision=True),
+                               patch_size=tuple(int(p) for p in patch))
+    levels = network_capabilities(spec.network).output_levels(spec)  # the outputs the trainer's loss weighs
+    net = build_from_spec(spec).to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    loss_fn = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(len(network_plan["strides"]) - 1))
+    loss_fn = DeepSupervisionLoss(DiceCELoss(), deep_supervision_weights(levels))
     x = torch.randn(batch, n_channels, *patch, device=device)
     y = torch.randint(0, n_classes, (batch, 1, *patch), device=device)
-    targets = downsample_targets(y, network_plan["strides"])
+    targets = downsample_targets(y, network_plan["strides"])[:levels]
     times: list[float] = []
     for _ in range(WARMUP_ITERATIONS + TIMED_ITERATIONS):
         t = time.monotonic()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(net(x), targets)
+            out = net(x)
+            loss = loss_fn(out[:levels] if isinstance(out, (list, tuple)) else out, targets)
         loss.backward()
         opt.step()
         if device.type == "cuda":

@@ -105,11 +105,26 @@ def run_plan(ws: Workspace, memory_gb: float | None = None, spacing: Sequence[fl
         from segpipe.planning.calibration import Calibration
 
         calibration = Calibration(ws.calibration_json, device, precision)
-        plan_for_budget(raw, fingerprint, spec.n_channels, spec.n_classes, budget_s, calibration, network)
+        plan_for_budget(raw, fingerprint, spec.n_channels, spec.n_outputs, budget_s, calibration, network)
     typed = Plans.from_json(raw, file=ws.plans_json)  # a plan that does not parse is a planner bug: never written
+    _check_networks(typed, spec.n_channels, spec.n_outputs, memory_gb)
     write_json(ws.plans_json, typed.to_json(), kind="plans")
     write_record(ws, "plan", inputs, settings, [ws.plans_json])
     return typed, False
+
+
+def _check_networks(plans: Plans, n_channels: int, n_outputs: int, memory_gb: float) -> None:
+    """Check every configuration's network against its declared capabilities (:func:`segpipe.networks.registry.
+    plan_problems`): errors refuse the plan, warnings (a plug-in's memory estimate over the budget) are logged."""
+    from segpipe.networks.registry import plan_problems
+
+    problems = [p for c in plans.configurations.values() for p in plan_problems(c, n_channels, n_outputs, memory_gb)]
+    for p in problems:
+        if p.severity == "warning":
+            log.warning("plan: %s (fix: %s)", p.problem, p.fix)
+    errors = [p for p in problems if p.severity != "warning"]
+    if errors:
+        raise SegpipeError(errors)
 
 
 def check_overrides(memory_gb: float, spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from segpipe import plugins
 from segpipe.errors import did_you_mean, fail
 from segpipe.planning.plans import ChannelNormalization
 
@@ -26,6 +27,7 @@ def register(name: str) -> Callable[[Normalizer], Normalizer]:
 
     def deco(fn: Normalizer) -> Normalizer:
         NORMALIZERS[name] = fn
+        plugins.record("normalizer", name, fn)
         return fn
 
     return deco
@@ -64,11 +66,13 @@ def none(x: np.ndarray, entry: ChannelNormalization, mask: np.ndarray) -> np.nda
 
 
 def get_normalizer(name: str) -> Normalizer:
+    plugins.load_plugins()
     try:
         return NORMALIZERS[name]
     except KeyError:
-        raise fail(f"unknown normalization scheme '{name}'{did_you_mean(name, NORMALIZERS)}",
-                   f"use one of {sorted(NORMALIZERS)} in plans.json (or re-run `segpipe plan --force`)") from None
+        raise fail(f"unknown normalization scheme '{name}'{did_you_mean(name, NORMALIZERS)}"
+                   f"{plugins.load_errors_note()}", f"use one of {sorted(NORMALIZERS)} in plans.json (or re-run "
+                   "`segpipe plan --force`), or install the plug-in that provides it") from None
 
 
 def normalize(data: np.ndarray, schemes: Sequence[ChannelNormalization], nonzero_mask: np.ndarray) -> np.ndarray:

@@ -108,7 +108,8 @@ def batch_rng(seed: int, index: int, stream: int) -> np.random.Generator:
 
 def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, augment: bool,
                stream: int = 0) -> dict[str, np.ndarray]:
-    """Batch number ``index``: ``{"data": (b, c, *patch) float32, "seg": (b, 1, *patch) int16}``.
+    """Batch number ``index``: ``{"data": (b, c, *patch) float32, "seg": (b, 1, *patch) int16, "keys": (b,) str}``
+    (``keys``: the case id of each sample, for the loss's batch metadata).
 
     ``stream`` separates independent streams (training 0, validation 1, DDP ranks offset further). With
     ``augment`` each sample goes through :func:`segpipe.training.augmentation.augmented_sample`, which reads from
@@ -116,9 +117,10 @@ def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, 
     """
     rng = batch_rng(seed, index, stream)
     n_plain = round(batch_size * (1 - FOREGROUND_FRACTION))
-    data, seg = [], []
+    data, seg, keys = [], [], []
     for b in range(batch_size):
         cid = store.case_ids[int(rng.integers(len(store.case_ids)))]
+        keys.append(cid)
         info = store.info(cid)
         lower, size = patch_box(info.shape[1:], info.class_locations, patch, force_fg=b >= n_plain, rng=rng)
         read = partial(store.read_patch, cid)
@@ -134,6 +136,7 @@ def make_batch(store: CaseStore, index: int, seed: int, batch_size: int, patch, 
                                   "seg": np.stack(seg).astype(np.int16)}
     if store.cascade is not None:
         out = move_previous_stage_to_data(out, store.cascade.foreground)
+    out["keys"] = np.array(keys, dtype=str)
     return out
 
 

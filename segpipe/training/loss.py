@@ -1,20 +1,89 @@
-"""Losses: soft Dice + cross-entropy, and its deep-supervision wrapper.
+"""Losses: soft Dice + cross-entropy (classes, softmax), soft Dice + binary cross-entropy (regions, sigmoid), and
+the deep-supervision wrapper.
 
-Shapes: logits ``(B, C, *spatial)``; targets are integer label maps ``(B, 1, *spatial)`` or ``(B, *spatial)``.
-Voxels whose label is negative (outside the nonzero crop) are ignored by both Dice and cross-entropy.
+Shapes: logits ``(B, C, *spatial)`` (``C`` classes, or one channel per region); targets are integer label maps
+``(B, 1, *spatial)`` or ``(B, *spatial)``; region masks are made from them in the loss
+(:func:`segpipe.dataset.regions.region_targets`). Voxels whose label is negative (outside the nonzero crop, or
+unannotated: ``ignore``) are left out of every term.
+
+Losses are registered by name (:data:`LOSSES`, ``@register_loss("name")``; plug-ins through ``segpipe.plugins``):
+a factory ``factory(config: Configuration, regions: list[tuple[int, ...]] | None) -> nn.Module`` whose module is
+called as ``loss(logits, target, meta)``, ``meta`` being the batch metadata (:data:`BatchMeta`). The trainer uses
+the configuration's ``"loss"`` key in plans.json when there is one, else its own ``loss_name``, else
+``dice-ce`` (``region-dice-bce`` for region-based training).
 """
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segpipe import plugins
+from segpipe.dataset.regions import region_targets
+from segpipe.errors import did_you_mean, fail
+
+if TYPE_CHECKING:
+    from segpipe.planning.plans import Configuration
+
 logger = logging.getLogger(__name__)
 
 DICE_SMOOTH = 1e-5
+
+BatchMeta = Mapping[str, Any]
+"""What a loss learns about a batch besides logits and target: ``"mask"``, ``(B, 1, *S)`` bool, the valid voxels
+(label >= 0) at the output's resolution; ``"level"``, the deep-supervision level (0: full resolution); and
+``"keys"``, the case id of each sample, when the batch carries them."""
+
+LossFactory = Callable[..., nn.Module]
+"""``factory(config: Configuration, regions: list[tuple[int, ...]] | None) -> nn.Module``."""
+
+LOSSES: dict[str, LossFactory] = {}
+
+
+def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
+    """Decorator: make ``factory`` the loss called ``name``."""
+
+    def deco(factory: LossFactory) -> LossFactory:
+        LOSSES[name] = factory
+        plugins.record("loss", name, factory)
+        return factory
+
+    return deco
+
+
+def get_loss(name: str) -> LossFactory:
+    """The loss factory registered as ``name`` (a SegpipeError with a did-you-mean hint otherwise)."""
+    plugins.load_plugins()
+    if name not in LOSSES:
+        raise fail(f"unknown loss '{name}'{did_you_mean(name, LOSSES)}{plugins.load_errors_note()}",
+                   f"use one of: {', '.join(sorted(LOSSES))} (the configuration's \"loss\" in plans.json, or the "
+                   "trainer's loss_name), or install the plug-in that provides it")
+    return LOSSES[name]
+
+
+def choose_loss(config: Configuration, regions: Sequence[Sequence[int]] | None, trainer_default: str | None) -> str:
+    """The loss name for a configuration: its ``"loss"`` key in plans.json, else the trainer's, else the default
+    for classes (``dice-ce``) or regions (``region-dice-bce``)."""
+    planned = config.extra.get("loss")
+    if planned is not None:
+        return str(planned)
+    if trainer_default is not None:
+        return trainer_default
+    return "region-dice-bce" if regions is not None else "dice-ce"
+
+
+def accepts_meta(loss: nn.Module) -> bool:
+    """Whether ``loss``'s forward takes the batch metadata (a ``meta`` parameter, or ``**kwargs``)."""
+    try:
+        params = inspect.signature(loss.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "meta" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _label_map(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -65,14 +134,76 @@ class DiceCELoss(nn.Module):
         super().__init__()
         self.weight_ce, self.weight_dice, self.batch_dice = weight_ce, weight_dice, batch_dice
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """logits ``(B, C, *S)``, target ``(B, 1, *S)`` or ``(B, *S)`` -> scalar."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, meta: BatchMeta | None = None) -> torch.Tensor:
+        """logits ``(B, C, *S)``, target ``(B, 1, *S)`` or ``(B, *S)`` -> scalar (``meta`` is not needed: the
+        target's negative labels are the invalid voxels)."""
         loss = logits.new_zeros(())
         if self.weight_ce:
             loss = loss + self.weight_ce * masked_cross_entropy(logits, target)
         if self.weight_dice:
             loss = loss + self.weight_dice * soft_dice_loss(logits, target, batch_dice=self.batch_dice)
         return loss
+
+
+def soft_dice_regions(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, batch_dice: bool = False,
+                      smooth: float = DICE_SMOOTH) -> torch.Tensor:
+    """Negative mean soft Dice of sigmoid probabilities ``(B, R, *S)`` against region masks ``(B, R, *S)`` over
+    ``valid`` voxels ``(B, 1, *S)``; every region counts (there is no background channel)."""
+    probs = torch.sigmoid(logits.float()) * valid
+    targets = targets * valid
+    axes = ([0] if batch_dice else []) + list(range(2, logits.ndim))
+    intersect = (probs * targets).sum(axes)
+    denominator = probs.sum(axes) + targets.sum(axes)
+    dice = (2 * intersect + smooth) / (denominator + smooth).clamp_min(1e-8)
+    return -dice.mean()
+
+
+class RegionDiceBCELoss(nn.Module):
+    """Region-based training: ``weight_bce * BCE + weight_dice * soft Dice`` on one sigmoid output per region.
+
+    ``regions``: per output channel, the label values that make up its region (e.g. ``[(1, 2), (2,)]``). The
+    integer label map target is turned into region masks here; BCE is averaged over valid voxels and regions."""
+
+    def __init__(self, regions: Sequence[Sequence[int]], weight_bce: float = 1.0, weight_dice: float = 1.0,
+                 batch_dice: bool = False):
+        super().__init__()
+        self.regions = [tuple(int(v) for v in r) for r in regions]
+        self.weight_bce, self.weight_dice, self.batch_dice = weight_bce, weight_dice, batch_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, meta: BatchMeta | None = None) -> torch.Tensor:
+        """logits ``(B, R, *S)``, target ``(B, 1, *S)`` or ``(B, *S)`` integer label map -> scalar."""
+        if logits.shape[1] != len(self.regions):
+            raise ValueError(f"logits of {logits.shape[1]} channels for {len(self.regions)} regions")
+        labels = _label_map(target, logits)
+        valid = (labels >= 0).unsqueeze(1)
+        targets = region_targets(labels, self.regions)
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.weight_bce:
+            per_voxel = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+            n_valid = valid.sum() * len(self.regions)
+            loss = loss + self.weight_bce * (per_voxel * valid).sum() / n_valid.clamp_min(1)
+        if self.weight_dice:
+            loss = loss + self.weight_dice * soft_dice_regions(logits, targets, valid.to(torch.float32),
+                                                               self.batch_dice)
+        return loss
+
+
+@register_loss("dice-ce")
+def _dice_ce(config: Configuration, regions: Sequence[Sequence[int]] | None) -> nn.Module:
+    """Soft Dice + cross-entropy over softmax classes (nnU-Net's default)."""
+    if regions is not None:
+        raise fail("the loss 'dice-ce' scores softmax classes, and this data set trains regions",
+                   "use 'region-dice-bce' (leave out the configuration's \"loss\" to get it)")
+    return DiceCELoss(batch_dice=config.batch_dice)
+
+
+@register_loss("region-dice-bce")
+def _region_dice_bce(config: Configuration, regions: Sequence[Sequence[int]] | None) -> nn.Module:
+    """Soft Dice + binary cross-entropy, one sigmoid output per region."""
+    if regions is None:
+        raise fail("the loss 'region-dice-bce' needs regions, and this data set has none",
+                   "use 'dice-ce' (leave out the configuration's \"loss\" to get it)")
+    return RegionDiceBCELoss(regions, batch_dice=config.batch_dice)
 
 
 def deep_supervision_weights(n: int) -> list[float]:
@@ -92,26 +223,36 @@ def deep_supervision_weights(n: int) -> list[float]:
 class DeepSupervisionLoss(nn.Module):
     """Weighted sum of ``loss(outputs[i], targets[i])``; levels with weight 0 are not computed.
 
-    A single tensor output (deep supervision off) with a single target is passed to ``loss`` directly.
+    A single tensor output (deep supervision off) with a single target is passed to ``loss`` directly. With
+    ``meta`` (:data:`BatchMeta`), a loss whose forward takes ``meta`` gets it per level, with that level's
+    ``"mask"`` and ``"level"``.
     """
 
     def __init__(self, loss: nn.Module, weights: Sequence[float]):
         super().__init__()
         self.loss = loss
         self.weights = [float(w) for w in weights]
+        self.takes_meta = accepts_meta(loss)
+
+    def _level(self, output: torch.Tensor, target: torch.Tensor, meta: BatchMeta | None, level: int) -> torch.Tensor:
+        if meta is None or not self.takes_meta:
+            return self.loss(output, target)
+        valid = target >= 0
+        mask = valid if valid.ndim == output.ndim else valid.unsqueeze(1)
+        return self.loss(output, target, meta={**meta, "mask": mask, "level": level})
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor],
-                targets: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+                targets: torch.Tensor | Sequence[torch.Tensor], meta: BatchMeta | None = None) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
             target = targets if isinstance(targets, torch.Tensor) else targets[0]
-            return self.loss(outputs, target)
+            return self._level(outputs, target, meta, 0)
         if len(outputs) != len(targets) or len(outputs) > len(self.weights):
             raise ValueError(f"{len(outputs)} outputs, {len(targets)} targets and {len(self.weights)} weights "
                              "do not match")
         total = outputs[0].new_zeros(())
-        for weight, output, target in zip(self.weights, outputs, targets):
+        for level, (weight, output, target) in enumerate(zip(self.weights, outputs, targets)):
             if weight:
-                total = total + weight * self.loss(output, target)
+                total = total + weight * self._level(output, target, meta, level)
             else:  # keep the head in the graph (zero gradient) so DDP sees every parameter used
                 total = total + 0.0 * output.sum()
         return total

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from segpipe import records
 from segpipe.dataset.model import DatasetSpec
@@ -74,7 +75,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         # before anything of the fold is deleted: the checkpoint must exist, load and fit this network
         from segpipe.networks import build_network
 
-        initialize_from(build_network(cfg.network, n_inputs, spec.n_classes), init_from, init_mode)
+        initialize_from(build_network(cfg, n_inputs, spec.n_outputs), init_from, init_mode)
     if force and out.exists() and is_main:
         for name in RESULT_FILES:
             (out / name).unlink(missing_ok=True)
@@ -84,8 +85,12 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     dist.barrier()
     if not force and (final.is_file() or latest.is_file()):
         _check_fold_origin(out, origin, config, fold)
-    t = (trainer_cls(cfg, n_inputs, spec.n_classes, pre, train_ids, val_ids, out, settings, cascade=cascade)
-         if cascade is not None else trainer_cls(cfg, n_inputs, spec.n_classes, pre, train_ids, val_ids, out, settings))
+    extra: dict[str, Any] = {}
+    if cascade is not None:
+        extra["cascade"] = cascade
+    if spec.regions is not None:
+        extra["regions"] = spec.regions
+    t = trainer_cls(cfg, n_inputs, spec.n_outputs, pre, train_ids, val_ids, out, settings, **extra)
     if final.is_file() and not force:
         log.info("fold %s of %s is already trained (%s); use --force to train again", fold, config, final)
         t.load(final)
@@ -151,7 +156,7 @@ def _cascade_input(ws: Workspace, cfg: Configuration, spec: DatasetSpec) -> Casc
     from segpipe.preprocessing.previous_stage import check_previous_stage
 
     folder = check_previous_stage(ws, cfg, [c.id for c in spec.cases])
-    return CascadeInput(folder, tuple(foreground_values(spec.labels)))
+    return CascadeInput(folder, tuple(foreground_values(spec.labels, spec.region_order)))
 
 
 def _check_fold_origin(out, origin: dict, config: str, fold: str) -> None:

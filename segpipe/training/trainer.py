@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segpipe import plugins
+from segpipe.dataset.regions import region_targets
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.errors import SegpipeError, did_you_mean, fail
 from segpipe.io.jsonio import read_json
-from segpipe.networks import build_network
+from segpipe.networks.registry import build_from_spec, check_device, network_capabilities, network_spec
 from segpipe.planning.plans import Configuration
 from segpipe.progress import Heartbeat
 from segpipe.training import distributed as dist
@@ -30,7 +32,14 @@ from segpipe.training.budget import BudgetSchedule, FinalValidationCost, final_v
 from segpipe.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from segpipe.training.data import BatchStream, CascadeInput, CaseStore, make_batch, make_loader
 from segpipe.training.logs import plot_progress, write_log
-from segpipe.training.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
+from segpipe.training.loss import (
+    BatchMeta,
+    DeepSupervisionLoss,
+    choose_loss,
+    deep_supervision_weights,
+    downsample_targets,
+    get_loss,
+)
 from segpipe.training.schedule import poly_lr, training_progress
 
 log = logging.getLogger(__name__)
@@ -120,30 +129,49 @@ TRAINERS: dict[str, type[Trainer]] = {}
 
 
 def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
+    """Decorator: register a :class:`Trainer` subclass as ``name`` (plug-ins: through ``segpipe.plugins``)."""
+
     def deco(cls: type[Trainer]) -> type[Trainer]:
         TRAINERS[name] = cls
+        plugins.record("trainer", name, cls)
         return cls
     return deco
 
 
 def get_trainer(name: str) -> type[Trainer]:
+    plugins.load_plugins()
     if name not in TRAINERS:
-        raise fail(f"unknown trainer '{name}'{did_you_mean(name, TRAINERS)}",
-                   f"use one of: {', '.join(sorted(TRAINERS))}")
+        raise fail(f"unknown trainer '{name}'{did_you_mean(name, TRAINERS)}{plugins.load_errors_note()}",
+                   f"use one of: {', '.join(sorted(TRAINERS))} (or install the plug-in that provides it)")
     return TRAINERS[name]
+
+
+def trainer_name(cls: type[Trainer]) -> str:
+    """The name ``cls`` is registered under (its class name when it is not registered)."""
+    return next((k for k, c in TRAINERS.items() if c is cls), cls.__name__)
 
 
 @register_trainer("default")
 class Trainer:
-    """Trains one fold. ``config`` is the plan's configuration; arrays come from ``preprocessed``."""
+    """Trains one fold. ``config`` is the plan's configuration; arrays come from ``preprocessed``.
+
+    ``loss_name`` (a registered loss, :data:`segpipe.training.loss.LOSSES`) is this trainer's loss unless the
+    configuration names one (``"loss"`` in plans.json); None: ``dice-ce``, or ``region-dice-bce`` for regions."""
+
+    loss_name: str | None = None
 
     def __init__(self, config: Configuration, n_channels: int, n_classes: int, preprocessed: Path,
                  train_ids: list[str], val_ids: list[str], out_dir: Path, settings: TrainSettings,
-                 cascade: CascadeInput | None = None):
+                 cascade: CascadeInput | None = None, regions: Sequence[Sequence[int]] | None = None):
         """``n_channels`` counts every network input channel: for a cascade stage (``cascade`` given), the image
-        channels plus one per foreground label of the previous stage's segmentation."""
+        channels plus one per foreground label of the previous stage's segmentation. ``n_classes`` is the
+        number of network outputs: classes (softmax) or, with ``regions`` (region-based training, one sigmoid
+        output per region: the label values that make it up), ``len(regions)``."""
         self.config, self.settings = config, settings
         self.cascade = cascade
+        self.regions = [tuple(int(v) for v in r) for r in regions] if regions is not None else None
+        if self.regions is not None and len(self.regions) != n_classes:
+            raise ValueError(f"{n_classes} network outputs for {len(self.regions)} regions")
         self.n_channels, self.n_classes = n_channels, n_classes
         self.preprocessed, self.train_ids, self.val_ids = Path(preprocessed), train_ids, val_ids
         self.out = Path(out_dir)
@@ -155,7 +183,11 @@ class Trainer:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         torch.manual_seed(settings.seed)
-        self.network = build_network(config.network, n_channels, n_classes, deep_supervision=True).to(self.device)
+        check_device(config.network.name, self.device)
+        self.network_spec = network_spec(config, n_channels, n_classes, deep_supervision=True)
+        # outputs the loss weighs: the network's deep-supervision levels (1 for a network without)
+        self.n_levels = network_capabilities(config.network.name).output_levels(self.network_spec)
+        self.network = build_from_spec(self.network_spec).to(self.device)
         self.model = self.network
         if self.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -165,9 +197,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, settings.precision)
         self.amp = self.amp_dtype is not None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        n_out = config.network.topology.n_stages - 1
-        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=config.batch_dice),
-                                        deep_supervision_weights(n_out))
+        self.loss_key = choose_loss(config, self.regions, self.loss_name)
+        base_loss = get_loss(self.loss_key)(config, self.regions)
+        self.loss = DeepSupervisionLoss(base_loss, deep_supervision_weights(self.n_levels))
         self.strides = [list(s) for s in config.network.topology.strides]
         self.state: TrainState = {"epoch": 0, "iteration": 0, "elapsed_s": 0.0, "val_seconds": 0.0,
                                   "ema_pseudo_dice": None, "best_ema_pseudo_dice": None, "history": []}
@@ -177,11 +209,20 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def registry_keys(self) -> dict[str, str | list[str]]:
+        """The registered components this fold is trained with: ``{kind: name}`` (normalizers: one per channel)."""
+        return {"network": self.config.network.name, "trainer": trainer_name(type(self)), "loss": self.loss_key,
+                "normalizer": sorted({n.scheme for n in self.config.normalization})}
+
     def checkpoint_state(self) -> dict:
+        """What a checkpoint holds: weights, optimizer and loop state, the plan entry, and the registry keys with
+        the package and version that provided each (``registry``, ``plugins``)."""
+        keys = self.registry_keys()
         return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "network_plan": self.config.network.to_json(), "config_name": self.config_name,
                 "patch_size": self.patch, "n_channels": self.n_channels, "n_classes": self.n_classes,
+                "registry": keys, "plugins": plugins.provenance(keys),
                 "settings": {k: v for k, v in asdict(self.settings).items() if k != "extra"}, **self.state}
 
     def load(self, path: Path) -> None:
@@ -204,16 +245,29 @@ class Trainer:
     def transforms_enabled(self) -> bool:
         return self.settings.augment
 
+    def batch_meta(self, batch: dict) -> BatchMeta:
+        """The metadata the loss gets besides logits and targets (the mask and level are added per level)."""
+        keys = batch.get("keys")
+        return {} if keys is None else {"keys": [str(k) for k in keys]}
+
+    def compute_loss(self, out: torch.Tensor | list[torch.Tensor], target: torch.Tensor, meta: BatchMeta
+                     ) -> torch.Tensor:
+        """The loss of the network's output(s) against the label ``target`` ``(B, 1, *patch)``, over the levels
+        the network returns."""
+        targets = downsample_targets(target, self.strides)[: self.n_levels]
+        if isinstance(out, (list, tuple)):
+            out = list(out)[: self.n_levels]
+        return self.loss(out, targets, meta)
+
     def train_step(self, batch: dict, lr: float) -> float:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         data = torch.as_tensor(batch["data"]).to(self.device, non_blocking=True)
         target = torch.as_tensor(batch["seg"]).to(self.device, non_blocking=True)
-        targets = downsample_targets(target, self.strides)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             out = self.model(data)
-            loss = self.loss(out, targets)
+            loss = self.compute_loss(out, target, self.batch_meta(batch))
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
@@ -224,7 +278,7 @@ class Trainer:
     def validate_patches(self, store: CaseStore, n_batches: int | None = None) -> tuple[float, list[float]]:
         """Loss and per-class pseudo-Dice on ``n_batches`` fixed validation batches (no augmentation)."""
         self.network.eval()
-        n_fg = self.n_classes - 1
+        n_fg = len(self.regions) if self.regions is not None else self.n_classes - 1
         tp = torch.zeros(n_fg, dtype=torch.float64)
         fp, fn = tp.clone(), tp.clone()
         losses = []
@@ -236,15 +290,21 @@ class Trainer:
                 target = torch.from_numpy(b["seg"]).to(self.device)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.network(data)
-                    losses.append(float(self.loss(out, downsample_targets(target, self.strides)).item()))
-                pred = out[0].argmax(1) if isinstance(out, (list, tuple)) else out.argmax(1)
+                    losses.append(float(self.compute_loss(out, target, self.batch_meta(b)).item()))
+                logits = out[0] if isinstance(out, (list, tuple)) else out
                 ref = target[:, 0]
                 valid = ref >= 0
-                for c in range(1, self.n_classes):
-                    p, r = (pred == c) & valid, (ref == c) & valid
-                    tp[c - 1] += float((p & r).sum())
-                    fp[c - 1] += float((p & ~r).sum())
-                    fn[c - 1] += float((~p & r).sum())
+                if self.regions is not None:  # a voxel is in a region where its logit is > 0 (sigmoid > 0.5)
+                    masks = region_targets(ref, self.regions).bool()
+                    pairs = [(logits[:, r] > 0, masks[:, r]) for r in range(n_fg)]
+                else:
+                    pred = logits.argmax(1)
+                    pairs = [(pred == c, ref == c) for c in range(1, self.n_classes)]
+                for i, (p, r) in enumerate(pairs):
+                    p, r = p & valid, r & valid
+                    tp[i] += float((p & r).sum())
+                    fp[i] += float((p & ~r).sum())
+                    fn[i] += float((~p & r).sum())
         stats = dist.sum_tensor(torch.stack([tp, fp, fn]).to(self.device)).cpu()
         tp, fp, fn = stats
         dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan")

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from segpipe import plugins
 from segpipe.errors import SegpipeError
 from segpipe.planning.plans import Configuration
 from segpipe.training.trainer import TRAINERS, Trainer, TrainSettings, get_trainer
 
+plugins.load_plugins()  # installed plug-ins' trainers get the same property tests as segpipe's own
 NAMES = sorted(TRAINERS)
 # (network topology, patch (y, x) / (z, y, x) voxels divisible by the total stride (4, 4) / (2, 4, 4))
 TINY = {
