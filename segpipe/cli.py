@@ -176,6 +176,25 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from segpipe.adaptation.run import run_adapt
+    from segpipe.adaptation.tent import TentSettings
+    from segpipe.workspace import Workspace
+
+    ws = Workspace.locate(a.workspace, a.name).require_dataset()
+    settings = TentSettings(steps=a.steps, lr=a.lr, patches=a.patches, mirrorings=a.mirrorings, seed=a.seed)
+    res = run_adapt(ws, Path(a.input), Path(a.output), config=a.config, folds=a.folds, settings=settings,
+                    checkpoint=a.checkpoint, device=a.device, precision=a.precision, workers=a.workers,
+                    pixel_spacing=a.pixel_spacing, spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None,
+                    force=a.force)
+    for fold, r in res.folds.items():
+        print(f"{res.config} fold {fold}: mean entropy on {len(r['target']['cases'])} target case(s) "
+              f"{r['entropy_before']:.4f} -> {r['entropy_after']:.4f} ({r['steps']} steps, {r['seconds']:.0f} s)")
+    print(f"adapted model -> {res.output.dir}; predict with `segpipe predict -w {res.output.root} -n "
+          f"{res.output.dataset} -c {res.config} -i IN -o OUT`")
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from segpipe.evaluation.evaluate import (
         check_output_folder,
@@ -483,6 +502,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=_default_workers(), help="processes preprocessing and "
                     "exporting cases while the network predicts (default %(default)s)")
     pr.set_defaults(func=cmd_predict)
+
+    ad = sub.add_parser("adapt", help="adapt trained folds to unlabelled images of a new domain (TENT)")
+    _add_ws(ad)
+    ad.add_argument("--input", "-i", required=True, help="folder of unlabelled target images (named as for "
+                    "predict)")
+    ad.add_argument("--output", "-o", required=True, help="new folder: a workspace holding the adapted model "
+                    "(predict with -w OUTPUT); never the source workspace")
+    ad.add_argument("--config", "-c", help="configuration (default: the plan's default)")
+    ad.add_argument("--folds", "--fold", "-f", nargs="+", dest="folds", help="folds to adapt, each on its own "
+                    "(default: every trained fold)")
+    ad.add_argument("--checkpoint", "-chk", default="final", choices=["final", "best", "latest"],
+                    help="source checkpoint (the adapted one is written as checkpoint_final.pt)")
+    ad.add_argument("--steps", type=int, default=100, help="Adam steps per fold (default %(default)s)")
+    ad.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
+    ad.add_argument("--patches", type=int, default=2, help="patches of the plan's size per step (default "
+                    "%(default)s)")
+    ad.add_argument("--mirrorings", type=int, help="mirrorings averaged per step (default: all, 8 in 3D, 4 in 2D; "
+                    "fewer: the identity and others drawn each step)")
+    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: one pixel size for all (mm)")
+    ad.add_argument("--spacing-csv", metavar="CSV", help="2D images: CSV with file name and pixel size (mm)")
+    _add_device(ad)
+    ad.add_argument("--workers", type=int, default=_default_workers(), help="processes reading and preprocessing "
+                    "the target images (default %(default)s)")
+    ad.add_argument("--force", action="store_true", help="replace an adapted model in --output")
+    ad.set_defaults(func=cmd_adapt)
 
     ev = sub.add_parser("evaluate", help="metrics of predicted label maps against references")
     ev.add_argument("--pred", required=True, help="folder of predicted label maps")

@@ -10,8 +10,8 @@ import pytest
 
 from segpipe.cli import build_parser, main
 
-CHAIN = ["onboard", "fingerprint", "plan", "preprocess", "train", "select", "predict", "evaluate", "report",
-         "export-model", "import-model", "export-network", "run", "demo"]
+CHAIN = ["onboard", "fingerprint", "plan", "preprocess", "train", "select", "predict", "adapt", "evaluate",
+         "report", "export-model", "import-model", "export-network", "run", "demo"]
 
 # a concept -> the option strings every stage that has it must accept (found by its long name)
 SAME_FLAGS = {
