@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segpipe"
 RUNNERS = {
     "segpipe.dataset.onboard", "segpipe.fingerprint.run", "segpipe.planning.run", "segpipe.preprocessing.run",
     "segpipe.training.run", "segpipe.inference.run", "segpipe.evaluation.evaluate", "segpipe.evaluation.selection",
-    "segpipe.report.run",
+    "segpipe.report.run", "segpipe.adaptation.run",
 }
 ORCHESTRATORS = {"segpipe.pipeline", "segpipe.demo"}  # the only modules that chain several runners
 
