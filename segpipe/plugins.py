@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from segpipe._version import __version__
 
@@ -193,6 +193,43 @@ def provenance(keys: Mapping[str, str | Iterable[str]]) -> dict[str, dict[str, d
             p = provider(kind, name)
             out.setdefault(kind, {})[name] = p.to_json() if p else {"package": None, "version": None}
     return out
+
+
+def _table(kind: str) -> dict[str, Any]:
+    """The registry dict of ``kind`` as its module holds it now (no plug-in loading: used while registering)."""
+    module, attribute = REGISTRIES[kind]
+    table: dict[str, Any] = getattr(importlib.import_module(module), attribute)
+    return table
+
+
+class Registrar(Generic[T]):
+    """The ``@register_<kind>(name)`` decorator of a registry: stores the object under ``name`` in the registry of
+    ``kind`` (:data:`REGISTRIES`, looked up when called) and records its provider (:func:`record`)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __call__(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            _table(self.kind)[name] = obj
+            record(self.kind, name, obj)
+            return obj
+
+        return deco
+
+
+def lookup(kind: str, name: str, fix: str, label: str | None = None) -> Any:
+    """The entry ``name`` of the registry of ``kind`` once the plug-ins are loaded; otherwise a SegpipeError naming
+    the unknown ``label`` (default ``kind``) with a did-you-mean hint and the plug-ins that failed to load. ``fix``
+    may use ``{names}`` (the known names, comma-separated) and ``{listed}`` (their sorted list)."""
+    from segpipe.errors import did_you_mean, fail
+
+    load_plugins()
+    table = _table(kind)
+    if name not in table:
+        raise fail(f"unknown {label or kind} '{name}'{did_you_mean(name, table)}{load_errors_note()}",
+                   fix.format(names=", ".join(sorted(table)), listed=sorted(table)))
+    return table[name]
 
 
 def load_errors_note() -> str:

@@ -18,7 +18,6 @@ import numpy as np
 from segpipe import plugins
 from segpipe.dataset.model import LabelValue
 from segpipe.dataset.regions import class_mask
-from segpipe.errors import did_you_mean, fail
 from segpipe.evaluation.metrics import overlap_from_counts, surface_metrics
 
 Metric = Callable[[np.ndarray, np.ndarray, Sequence[float]], float]
@@ -26,24 +25,14 @@ Metric = Callable[[np.ndarray, np.ndarray, Sequence[float]], float]
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str) -> Callable[[Metric], Metric]:
-    """Decorator: make ``fn`` the metric called ``name``."""
-
-    def deco(fn: Metric) -> Metric:
-        METRICS[name] = fn
-        plugins.record("metric", name, fn)
-        return fn
-
-    return deco
+register_metric: plugins.Registrar[Metric] = plugins.Registrar("metric")
+"""Decorator: ``@register_metric(name)`` makes ``fn`` the metric called ``name``."""
 
 
 def get_metric(name: str) -> Metric:
     """The metric registered as ``name`` (a SegpipeError with a did-you-mean hint otherwise)."""
-    plugins.load_plugins()
-    if name not in METRICS:
-        raise fail(f"unknown metric '{name}'{did_you_mean(name, METRICS)}{plugins.load_errors_note()}",
-                   f"use one of: {', '.join(sorted(METRICS))}, or install the plug-in that provides it")
-    return METRICS[name]
+    metric: Metric = plugins.lookup("metric", name, "use one of: {names}, or install the plug-in that provides it")
+    return metric
 
 
 def class_metric(name: str, pred: np.ndarray, ref: np.ndarray, label: LabelValue, spacing: Sequence[float]) -> float:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import torch
 
 from segpipe import plugins
-from segpipe.errors import did_you_mean, fail
 from segpipe.inference.sliding_window import predict_sliding_window
 
 PredictorFn = Callable[..., torch.Tensor]
@@ -27,24 +26,14 @@ PredictorFn = Callable[..., torch.Tensor]
 PREDICTORS: dict[str, PredictorFn] = {}
 
 
-def register_predictor(name: str) -> Callable[[PredictorFn], PredictorFn]:
-    """Decorator: make ``fn`` the predictor called ``name``."""
-
-    def deco(fn: PredictorFn) -> PredictorFn:
-        PREDICTORS[name] = fn
-        plugins.record("predictor", name, fn)
-        return fn
-
-    return deco
+register_predictor: plugins.Registrar[PredictorFn] = plugins.Registrar("predictor")
+"""Decorator: ``@register_predictor(name)`` makes ``fn`` the predictor called ``name``."""
 
 
 def get_predictor(name: str) -> PredictorFn:
     """The predictor registered as ``name`` (a SegpipeError with a did-you-mean hint otherwise)."""
-    plugins.load_plugins()
-    if name not in PREDICTORS:
-        raise fail(f"unknown predictor '{name}'{did_you_mean(name, PREDICTORS)}{plugins.load_errors_note()}",
-                   f"use one of: {', '.join(sorted(PREDICTORS))}, or install the plug-in that provides it")
-    return PREDICTORS[name]
+    fn: PredictorFn = plugins.lookup("predictor", name, "use one of: {names}, or install the plug-in that provides it")
+    return fn
 
 
 register_predictor("sliding-window")(predict_sliding_window)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from segpipe import plugins
-from segpipe.errors import did_you_mean, fail
+from segpipe.errors import fail
 from segpipe.planning.plans import ChannelNormalization
 
 STD_FLOOR = 1e-8
@@ -22,15 +22,8 @@ Normalizer = Callable[[np.ndarray, ChannelNormalization, np.ndarray], np.ndarray
 NORMALIZERS: dict[str, Normalizer] = {}
 
 
-def register(name: str) -> Callable[[Normalizer], Normalizer]:
-    """Decorator: make ``fn`` the normalization scheme called ``name``."""
-
-    def deco(fn: Normalizer) -> Normalizer:
-        NORMALIZERS[name] = fn
-        plugins.record("normalizer", name, fn)
-        return fn
-
-    return deco
+register: plugins.Registrar[Normalizer] = plugins.Registrar("normalizer")
+"""Decorator: ``@register(name)`` makes ``fn`` the normalization scheme called ``name``."""
 
 
 @register("zscore")
@@ -66,13 +59,9 @@ def none(x: np.ndarray, entry: ChannelNormalization, mask: np.ndarray) -> np.nda
 
 
 def get_normalizer(name: str) -> Normalizer:
-    plugins.load_plugins()
-    try:
-        return NORMALIZERS[name]
-    except KeyError:
-        raise fail(f"unknown normalization scheme '{name}'{did_you_mean(name, NORMALIZERS)}"
-                   f"{plugins.load_errors_note()}", f"use one of {sorted(NORMALIZERS)} in plans.json (or re-run "
-                   "`segpipe plan --force`), or install the plug-in that provides it") from None
+    fn: Normalizer = plugins.lookup("normalizer", name, "use one of {listed} in plans.json (or re-run `segpipe plan "
+                                    "--force`), or install the plug-in that provides it", label="normalization scheme")
+    return fn
 
 
 def normalize(data: np.ndarray, schemes: Sequence[ChannelNormalization], nonzero_mask: np.ndarray) -> np.ndarray:

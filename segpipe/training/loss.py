@@ -25,7 +25,7 @@ from torch import nn
 
 from segpipe import plugins
 from segpipe.dataset.regions import region_targets
-from segpipe.errors import did_you_mean, fail
+from segpipe.errors import fail
 
 if TYPE_CHECKING:
     from segpipe.planning.plans import Configuration
@@ -45,25 +45,16 @@ LossFactory = Callable[..., nn.Module]
 LOSSES: dict[str, LossFactory] = {}
 
 
-def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
-    """Decorator: make ``factory`` the loss called ``name``."""
-
-    def deco(factory: LossFactory) -> LossFactory:
-        LOSSES[name] = factory
-        plugins.record("loss", name, factory)
-        return factory
-
-    return deco
+register_loss: plugins.Registrar[LossFactory] = plugins.Registrar("loss")
+"""Decorator: ``@register_loss(name)`` makes ``factory`` the loss called ``name``."""
 
 
 def get_loss(name: str) -> LossFactory:
     """The loss factory registered as ``name`` (a SegpipeError with a did-you-mean hint otherwise)."""
-    plugins.load_plugins()
-    if name not in LOSSES:
-        raise fail(f"unknown loss '{name}'{did_you_mean(name, LOSSES)}{plugins.load_errors_note()}",
-                   f"use one of: {', '.join(sorted(LOSSES))} (the configuration's \"loss\" in plans.json, or the "
-                   "trainer's loss_name), or install the plug-in that provides it")
-    return LOSSES[name]
+    factory: LossFactory = plugins.lookup(
+        "loss", name, "use one of: {names} (the configuration's \"loss\" in plans.json, or the trainer's loss_name), "
+        "or install the plug-in that provides it")
+    return factory
 
 
 def choose_loss(config: Configuration, regions: Sequence[Sequence[int]] | None, trainer_default: str | None) -> str:

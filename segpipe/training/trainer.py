@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from segpipe import plugins
 from segpipe.dataset.regions import region_targets
 from segpipe.devices import autocast_dtype, pick_device
-from segpipe.errors import SegpipeError, did_you_mean, fail
+from segpipe.errors import SegpipeError, fail
 from segpipe.io.jsonio import read_json
 from segpipe.networks.registry import build_from_spec, check_device, network_capabilities, network_spec
 from segpipe.planning.plans import Configuration
@@ -128,22 +128,15 @@ class TrainState(TypedDict):
 TRAINERS: dict[str, type[Trainer]] = {}
 
 
-def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
-    """Decorator: register a :class:`Trainer` subclass as ``name`` (plug-ins: through ``segpipe.plugins``)."""
-
-    def deco(cls: type[Trainer]) -> type[Trainer]:
-        TRAINERS[name] = cls
-        plugins.record("trainer", name, cls)
-        return cls
-    return deco
+register_trainer: plugins.Registrar[type[Trainer]] = plugins.Registrar("trainer")
+"""Decorator: ``@register_trainer(name)`` registers a :class:`Trainer` subclass (plug-ins: through
+``segpipe.plugins``)."""
 
 
 def get_trainer(name: str) -> type[Trainer]:
-    plugins.load_plugins()
-    if name not in TRAINERS:
-        raise fail(f"unknown trainer '{name}'{did_you_mean(name, TRAINERS)}{plugins.load_errors_note()}",
-                   f"use one of: {', '.join(sorted(TRAINERS))} (or install the plug-in that provides it)")
-    return TRAINERS[name]
+    cls: type[Trainer] = plugins.lookup("trainer", name,
+                                        "use one of: {names} (or install the plug-in that provides it)")
+    return cls
 
 
 def trainer_name(cls: type[Trainer]) -> str:
