@@ -48,7 +48,7 @@ from torch import nn
 
 from segpipe.errors import fail
 from segpipe.networks.registry import Topology, register_network
-from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, conv, conv_class, init_weights, norm
+from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, conv, conv_class, decode, init_weights, norm
 
 
 @dataclass(frozen=True)
@@ -155,16 +155,7 @@ class STUDecoder(nn.Module):
         self.ups, self.blocks, self.heads = nn.ModuleList(ups), nn.ModuleList(blocks), nn.ModuleList(heads)
 
     def forward(self, skips: list[torch.Tensor], deep_supervision: bool) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        last = len(self.blocks) - 1
-        for i, (up, block, head) in enumerate(zip(self.ups, self.blocks, self.heads)):
-            x = block(torch.cat((up(x), skips[-2 - i]), dim=1))
-            if deep_supervision or i == last:
-                outputs.append(head(x))
-        if not deep_supervision:
-            return outputs[-1]
-        return outputs[::-1]
+        return decode(self.ups, self.blocks, self.heads, skips, deep_supervision)
 
 
 def init_stunet(network: nn.Module) -> None:

@@ -102,16 +102,24 @@ class UNetDecoder(nn.Module):
         self.ups, self.blocks, self.heads = nn.ModuleList(ups), nn.ModuleList(blocks), nn.ModuleList(heads)
 
     def forward(self, skips: list[torch.Tensor], deep_supervision: bool) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        last = len(self.blocks) - 1
-        for i, (up, block, head) in enumerate(zip(self.ups, self.blocks, self.heads)):
-            x = block(torch.cat((up(x), skips[-2 - i]), dim=1))
-            if deep_supervision or i == last:
-                outputs.append(head(x))
-        if not deep_supervision:
-            return outputs[-1]
-        return outputs[::-1]
+        return decode(self.ups, self.blocks, self.heads, skips, deep_supervision)
+
+
+def decode(ups: nn.ModuleList, blocks: nn.ModuleList, heads: nn.ModuleList, skips: list[torch.Tensor],
+           deep_supervision: bool) -> torch.Tensor | list[torch.Tensor]:
+    """A U-Net decoder's pass: from the deepest skip ``(B, C, *S)`` up, each level up-samples, concatenates the
+    encoder's skip (channels first) and runs its block; the heads give logits, full resolution first when
+    ``deep_supervision`` (one per level), else only the full-resolution one."""
+    x = skips[-1]
+    outputs = []
+    last = len(blocks) - 1
+    for i, (up, block, head) in enumerate(zip(ups, blocks, heads)):
+        x = block(torch.cat((up(x), skips[-2 - i]), dim=1))
+        if deep_supervision or i == last:
+            outputs.append(head(x))
+    if not deep_supervision:
+        return outputs[-1]
+    return outputs[::-1]
 
 
 def init_weights(module: nn.Module) -> None:
