@@ -182,14 +182,19 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     from segpipe.workspace import Workspace
 
     ws = Workspace.locate(a.workspace, a.name).require_dataset()
-    settings = TentSettings(steps=a.steps, lr=a.lr, patches=a.patches, mirrorings=a.mirrorings, seed=a.seed)
+    settings = TentSettings(steps=a.steps, lr=a.lr, patches=a.patches, mirrorings=a.mirrorings, seed=a.seed,
+                            balance_weight=a.balance_weight, max_drift=None if a.no_stop else a.max_drift,
+                            check_every=a.check_every)
     res = run_adapt(ws, Path(a.input), Path(a.output), config=a.config, folds=a.folds, settings=settings,
                     checkpoint=a.checkpoint, device=a.device, precision=a.precision, workers=a.workers,
                     pixel_spacing=a.pixel_spacing, spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None,
                     force=a.force)
     for fold, r in res.folds.items():
         print(f"{res.config} fold {fold}: mean entropy on {len(r['target']['cases'])} target case(s) "
-              f"{r['entropy_before']:.4f} -> {r['entropy_after']:.4f} ({r['steps']} steps, {r['seconds']:.0f} s)")
+              f"{r['entropy_before']:.4f} -> {r['entropy_after']:.4f} ({r['steps_run']} of {r['steps']} steps, "
+              f"parameters of step {r['kept_step']} kept, {r['seconds']:.0f} s)")
+        if r["stopped"]:
+            print(f"{res.config} fold {fold}: {r['stopped']['message']}")
     print(f"adapted model -> {res.output.dir}; predict with `segpipe predict -w {res.output.root} -n "
           f"{res.output.dataset} -c {res.config} -i IN -o OUT`")
     return 0
@@ -521,6 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--mirrorings", type=int, help="mirrorings averaged per step (default: all, 8 in 3D, 4 in 2D; "
                     "fewer: the identity and others drawn each step)")
     ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--balance-weight", type=float, default=10.0, metavar="W", help="weight of the class-balance "
+                    "term, KL of the batch's predicted class distribution from the unadapted model's on the same "
+                    "patches, added to the entropy (default %(default)s; 0: plain TENT, which tends to shrink the "
+                    "foreground)")
+    ad.add_argument("--max-drift", type=float, default=0.05, metavar="R", help="stopping rule: stop and keep the "
+                    "last parameters that passed when a class's predicted foreground fraction on the target moves "
+                    "more than this (relative) from the unadapted model's (default %(default)s)")
+    ad.add_argument("--check-every", type=int, default=10, metavar="N", help="steps between checks of the "
+                    "stopping rule (default %(default)s; the last step is always checked)")
+    ad.add_argument("--no-stop", action="store_true", help="no stopping rule (run every --steps)")
     ad.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images: one pixel size for all (mm)")
     ad.add_argument("--spacing-csv", metavar="CSV", help="2D images: CSV with file name and pixel size (mm)")
     _add_device(ad)

@@ -7,8 +7,12 @@ plan entry). The output folder ``OUT`` becomes a workspace holding the data set 
 (the source's, byte for byte), and per adapted fold ``results/<config>/fold_<k>/checkpoint_final.pt`` (the
 source checkpoint with the adapted network, without optimizer state), ``trained_with.json`` (the source fold's,
 so that predict's plan check passes) and ``adaptation.json`` (what was done: source checkpoint hash, target
-folder and cases, settings, the entropy before and after, the loss of every step). So
-``segpipe predict -w OUT -n <name> -c <config> ...`` predicts with the adapted model.
+folder and cases, settings, the entropy before and after, the loss and balance term of every step, the stopping
+rule's checks, and whether and why it stopped). So ``segpipe predict -w OUT -n <name> -c <config> ...`` predicts
+with the adapted model.
+
+:func:`adapt` is the public entry point (paths and options in, the output workspace folder out);
+:func:`run_adapt` is the stage behind ``segpipe adapt`` (a located :class:`Workspace` and a settings object).
 
 Memory: every target case is held preprocessed (float32 at the configuration's spacing) for the whole run.
 """
@@ -25,7 +29,13 @@ import numpy as np
 import torch
 
 from segpipe import records
-from segpipe.adaptation.tent import StepLog, TentSettings, adapt_network, mean_entropy, norm_affine_parameters
+from segpipe.adaptation.tent import (
+    StepLog,
+    TentSettings,
+    adapt_network,
+    mean_entropy,
+    norm_affine_parameters,
+)
 from segpipe.dataset.model import CaseEntry, DatasetSpec
 from segpipe.dataset.reading import read_channels
 from segpipe.dataset.store import load_dataset
@@ -131,7 +141,8 @@ def _write_fold(ws: Workspace, out: Workspace, config: str, fold: str, net: torc
     state = load_checkpoint(src_dir / CHECKPOINT, map_location="cpu")
     state = {k: v for k, v in state.items() if k not in DROPPED_KEYS and k != "checkpoint_version"}
     state["network"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    state["adaptation"] = {k: record[k] for k in ("method", "steps", "lr", "entropy_before", "entropy_after")}
+    state["adaptation"] = {k: record[k] for k in ("method", "steps", "lr", "balance_weight", "max_drift",
+                                                  "kept_step", "entropy_before", "entropy_after")}
     dst_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst_dir / CHECKPOINT, state)
     origin = src_dir / records.TRAIN_ORIGIN
@@ -140,12 +151,30 @@ def _write_fold(ws: Workspace, out: Workspace, config: str, fold: str, net: torc
     write_json(dst_dir / RECORD, record, kind="adaptation")
 
 
+SETTING_FIXES = {  # TentSettings field -> how to fix it (the command line's flag)
+    "steps": "give --steps >= 1", "patches": "give --patches >= 1", "lr": "give --lr > 0, e.g. 1e-3",
+    "mirrorings": "give --mirrorings >= 1, or leave it out (all mirrorings)",
+    "balance_weight": "give --balance-weight >= 0 (0: plain TENT, no class-balance term)",
+    "max_drift": "give --max-drift > 0, e.g. 0.05, or --no-stop for no stopping rule",
+    "check_every": "give --check-every >= 1",
+}
+
+
 def _settings_error(settings: TentSettings) -> None:
     try:
         settings.check()
     except ValueError as e:
-        raise fail(f"invalid adaptation settings: {e}", "give --steps, --patches, --mirrorings >= 1 and --lr > 0"
+        message, name = (e.args + ("",))[:2]
+        raise fail(f"invalid adaptation settings: {message}", SETTING_FIXES.get(name, "see `segpipe adapt --help`")
                    ) from None
+
+
+def _class_names(spec: DatasetSpec) -> list[str]:
+    """The foreground classes (softmax: by label value) or regions (dataset.json order): the network's
+    foreground outputs, for messages."""
+    if spec.region_order is not None:
+        return [n for n, v in spec.classes.items() if v != 0]
+    return [n for n, v in sorted(spec.classes.items(), key=lambda kv: int(kv[1])) if v != 0]  # type: ignore[arg-type]
 
 
 @locked("adapt", exclusive=False)
@@ -176,28 +205,43 @@ def run_adapt(ws: Workspace, input_dir: Path, output: Path, config: str | None =
     out.dir.mkdir(parents=True, exist_ok=True)
     with stage_lock(out.dir, "adapt", exclusive=True):
         _write_model_definition(ws, out)
+        names = _class_names(spec)
         for fold, net in zip(model.folds, model.networks):
             t0 = time.monotonic()
             before = mean_entropy(net, cases, cfg.patch_size, dev, sigmoid, amp)
             step_log = StepLog(f"adapt {cfg.name} fold {fold}", settings.steps)
             with Heartbeat(step_log.status) as heartbeat:
                 step_log.on_log = heartbeat.beat
-                losses = adapt_network(net, cases, cfg.patch_size, settings, dev, sigmoid, amp, on_step=step_log)
+                rep = adapt_network(net, cases, cfg.patch_size, settings, dev, sigmoid, amp, on_step=step_log,
+                                    class_names=names)
             after = mean_entropy(net, cases, cfg.patch_size, dev, sigmoid, amp)
             src_ckpt = ws.results(cfg.name, fold) / f"checkpoint_{checkpoint}.pt"
+            out_kind = "sigmoid" if sigmoid else "softmax"
+            balance = (f" + {settings.balance_weight:g} x KL(source's class distribution on the batch || adapted)"
+                       if settings.balance_weight > 0 else "")
             record = {
-                "method": "tent: entropy of the mean " + ("sigmoid" if sigmoid else "softmax") + " over mirrorings, "
-                          "Adam on the normalization layers' affine parameters only",
+                "method": f"tent: entropy of the mean {out_kind} over mirrorings{balance}, Adam on the "
+                          "normalization layers' affine parameters only"
+                          + (f"; stopping rule: predicted foreground fraction per class within "
+                             f"{settings.max_drift:.0%} of the unadapted model's, checked every "
+                             f"{settings.check_every} steps" if settings.max_drift is not None else ""),
                 **asdict(settings), "mirrorings": min(settings.mirrorings or every, every),
                 "source": {"workspace": str(ws.root), "dataset": ws.dataset, "config": cfg.name, "fold": fold,
                            "checkpoint": str(src_ckpt), "sha256": records.content_hash(src_ckpt)},
                 "target": {"folder": str(Path(input_dir).absolute()), "cases": sorted(target)},
                 "parameters_adapted": sorted(norm_affine_parameters(net)),
                 "device": str(dev), "precision": str(amp).replace("torch.", "") if amp else "fp32",
-                "entropy_before": before, "entropy_after": after, "loss": losses,
-                "seconds": round(time.monotonic() - t0, 2)}
+                "entropy_before": before, "entropy_after": after, "loss": rep.losses, "balance": rep.balance,
+                "classes": names, "fractions_before": rep.fractions_before, "fractions_after": rep.fractions_after,
+                "checks": rep.checks, "stopped": rep.stopped, "kept_step": rep.kept_step,
+                "steps_run": len(rep.losses), "seconds": round(time.monotonic() - t0, 2)}
             _write_fold(ws, out, cfg.name, fold, net, record)
-            log.info("adapt %s fold %s: mean entropy on the target %.4f -> %.4f (%d steps, %.0f s)", cfg.name,
-                     fold, before, after, settings.steps, record["seconds"])
+            log.info("adapt %s fold %s: mean entropy on the target %.4f -> %.4f (%d of %d steps run, parameters "
+                     "of step %d kept, %.0f s)", cfg.name, fold, before, after, len(rep.losses), settings.steps,
+                     rep.kept_step, record["seconds"])
+            if rep.fractions_before:
+                log.info("adapt %s fold %s: predicted foreground fraction %s", cfg.name, fold, ", ".join(
+                    f"{n} {a:.5f} -> {b:.5f}" for n, a, b in zip(names, rep.fractions_before, rep.fractions_after)))
             result.folds[fold] = record
     return result
+

@@ -1,6 +1,8 @@
 """`segpipe adapt` (TENT-style test-time adaptation): only the normalization layers' affine parameters change, the
 entropy on the target images goes down, the source workspace is untouched, the adapted folder predicts, and bad
-input is refused naming the file."""
+input is refused naming the file. The safeguards against collapse: the class-balance term keeps the foreground
+that plain entropy minimisation removes, the stopping rule fires and restores the last parameters that passed,
+and their flags parse (tests/adaptation/test_safeguards.py)."""
 from __future__ import annotations
 
 import json
@@ -55,8 +57,10 @@ def adapted(tiny_one_fold: Path, tmp_path_factory) -> dict:
     target = _shifted_images(tmp)
     before = tree_state(tiny_one_fold)
     out = tmp / "adapted_ws"
+    # a 2-iteration model drifts fast: a limit above the default keeps the stopping rule from restoring the source
+    # here (tests/adaptation/test_safeguards.py tests the rule itself)
     code = main(["adapt", "-w", str(tiny_one_fold), "-n", "tiny", "-i", str(target), "-o", str(out), "-f", "0",
-                 *ADAPT_ARGS])
+                 *ADAPT_ARGS, "--max-drift", "0.5"])
     return {"code": code, "source": tiny_one_fold, "before": before, "after": tree_state(tiny_one_fold),
             "out": out, "target": target, "tmp": tmp}
 
@@ -79,6 +83,13 @@ def test_entropy_on_the_target_goes_down(adapted: dict):
     assert record["kind"] == "adaptation" and record["entropy_after"] < record["entropy_before"]
     assert len(record["loss"]) == 6 and record["source"]["sha256"].startswith("sha256:")
     assert record["target"]["cases"] == sorted(hippo_ids(8)[6:])
+    # the safeguards are on by default and recorded: the balance term per step, the stopping rule's checks
+    assert record["balance_weight"] > 0 and len(record["balance"]) == 6 and record["max_drift"] > 0
+    assert record["classes"] == [n for n in json.loads((adapted["source"] / "tiny/dataset.json").read_text())
+                                 ["labels"] if n != "background"]
+    assert [c["step"] for c in record["checks"]] == [0, 6] and record["checks"][0]["fractions"] == \
+        record["fractions_before"] and len(record["fractions_before"]) == len(record["classes"])
+    assert record["stopped"] is None and record["kept_step"] == record["steps_run"] == 6, record["stopped"]
     # measured again here, independently of the record
     ws_src, ws_new = Workspace(adapted["source"], "tiny"), Workspace(adapted["out"], "tiny")
     cfg = load_plans(ws_src).configuration("3d_fullres")
@@ -135,8 +146,8 @@ def test_adapt_network_on_a_tiny_net_leaves_convs_frozen():
                               torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 3, 1))
     conv = net[0].weight.detach().clone()
     cases = [np.random.default_rng(1).normal(size=(1, 6, 8, 8)).astype(np.float32)]
-    losses = adapt_network(net, cases, [4, 8, 8], TentSettings(steps=5, lr=0.05), torch.device("cpu"))
-    assert len(losses) == 5 and torch.equal(net[0].weight, conv)
+    rep = adapt_network(net, cases, [4, 8, 8], TentSettings(steps=5, lr=0.05, max_drift=None), torch.device("cpu"))
+    assert len(rep.losses) == 5 and len(rep.balance) == 5 and torch.equal(net[0].weight, conv)
     assert set(norm_affine_parameters(net)) == {"1.weight", "1.bias"}
 
 
