@@ -83,29 +83,53 @@ def train(workspace: PathLike, config: str, fold: int | str, name: str | None = 
 
 def predict(workspace: PathLike, input_dir: PathLike, output_dir: PathLike, name: str | None = None, *,
             configs: Sequence[str] | None = None, folds: Sequence[int | str] | None = None, best: bool = False,
-            mirror: bool = True, device: str = "auto", precision: str = "auto", workers: int = 1) -> list[str]:
-    """Segment every image of ``input_dir`` into ``output_dir`` (never into ``input_dir``); returns the files
-    written. For arrays and images in memory use :class:`segpipe.inference.predictor.Predictor`."""
+            mirror: bool = True, device: str = "auto", precision: str = "auto", workers: int = 1,
+            uncertainty: bool = False, predictor: str = "sliding-window") -> list[str]:
+    """Segment every image of ``input_dir`` into ``output_dir`` (never into ``input_dir``); returns the label maps
+    written. ``uncertainty``: also the entropy and mutual-information maps and ``uncertainty.json``;
+    ``predictor``: a registered predictor (``segpipe predict --predictor``). For arrays and images in memory use
+    :class:`segpipe.inference.predictor.Predictor`."""
     from segpipe.inference.run import run_predict
 
     written, _ = run_predict(_ws(workspace, name), Path(input_dir), Path(output_dir),
                              list(configs) if configs else None, [str(f) for f in folds] if folds else None,
-                             best=best, mirror=mirror, device=device, precision=precision, workers=workers)
+                             best=best, mirror=mirror, device=device, precision=precision, workers=workers,
+                             uncertainty=uncertainty, predictor=predictor)
     return written
+
+
+def adapt(workspace: PathLike, input_dir: PathLike, output: PathLike, name: str | None = None, *,
+          config: str | None = None, folds: Sequence[int | str] | None = None, checkpoint: str = "final",
+          device: str = "auto", precision: str = "auto", workers: int = 1, pixel_spacing: float | None = None,
+          spacing_csv: PathLike | None = None, force: bool = False, **settings: Any) -> Any:
+    """Adapt trained folds to the unlabelled images of ``input_dir`` (test-time adaptation, ``segpipe adapt``)
+    and write the adapted model as the workspace ``output`` (predict with ``Predictor(output, ...)``); the
+    source workspace is only read. Returns :class:`segpipe.adaptation.run.AdaptResult` (``output``, ``config``,
+    and per fold its record). ``settings``: :class:`segpipe.adaptation.tent.TentSettings` fields, as the flags of
+    ``segpipe adapt`` give them (``steps``, ``lr``, ``patches``, ``mirrorings``, ``seed``, ...)."""
+    from segpipe.adaptation.run import run_adapt
+    from segpipe.adaptation.tent import TentSettings
+
+    return run_adapt(_ws(workspace, name), Path(input_dir), Path(output), config=config,
+                     folds=[str(f) for f in folds] if folds else None, settings=TentSettings(**settings),
+                     checkpoint=checkpoint, device=device, precision=precision, workers=workers,
+                     pixel_spacing=pixel_spacing, spacing_csv=Path(spacing_csv) if spacing_csv else None,
+                     force=force)
 
 
 def evaluate(pred_dir: PathLike, ref_dir: PathLike, labels: Mapping[str, Any], output: PathLike | None = None, *,
              workers: int = 1, surface: bool = True, attributes: PathLike | None = None,
-             group_by: Sequence[str] = ()) -> dict[str, Any]:
+             group_by: Sequence[str] = (), metrics: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics of the label maps in ``pred_dir`` against ``ref_dir`` (same file names); returns the summary
     (written with per-case metrics to ``output`` when given). ``labels``: ``{name: value}`` (a region's value is
     a list of values). ``attributes`` (a CSV: case id and attribute columns) with ``group_by`` (its columns)
-    adds every metric per group and the equity-scaled Dice (``summary["groups"]``)."""
+    adds every metric per group and the equity-scaled Dice (``summary["groups"]``). ``metrics``: registered metrics
+    (plug-ins' included) to add per case and class and to the means (default: every one not marked expensive)."""
     from segpipe.evaluation.evaluate import evaluate_folders
 
     return evaluate_folders(Path(pred_dir), Path(ref_dir), dict(labels), Path(output) if output else None,
                             workers=workers, surface=surface, attributes=Path(attributes) if attributes else None,
-                            group_by=list(group_by))
+                            group_by=list(group_by), metrics=list(metrics) if metrics is not None else None)
 
 
 def report(workspace: PathLike, name: str | None = None, *, force: bool = False) -> Path:

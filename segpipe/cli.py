@@ -46,6 +46,13 @@ def _step_size(text: str) -> float:
     return v
 
 
+def _metric_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"'{text}' names no metric (give e.g. --metrics dice,volume-difference)")
+    return names
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -171,7 +178,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                                 checkpoint=a.checkpoint, device=a.device, workers=a.workers,
                                 pixel_spacing=a.pixel_spacing, precision=a.precision,
                                 spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, step=a.step_size,
-                                uncertainty=a.uncertainty)
+                                uncertainty=a.uncertainty, predictor=a.predictor)
     print(f"{len(written)} case(s) predicted with {desc} -> {a.output}")
     return 0
 
@@ -231,18 +238,25 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                                ref_glob=a.ref_glob, pixel_spacing=a.pixel_spacing,
                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None,
                                label_value_map=value_map,
-                               attributes=Path(a.attributes) if a.attributes else None, group_by=a.group_by)
+                               attributes=Path(a.attributes) if a.attributes else None, group_by=a.group_by,
+                               metrics=a.metrics)
     if ws is not None and ws.dataset_json.is_file():
         from segpipe.evaluation.evaluate import record_evaluation
 
         record_evaluation(ws, pred, ref, out, {"labels": labels, "tolerance_mm": a.tolerance,
                                                "surface": not a.no_surface, "ref_glob": a.ref_glob,
+                                               "metrics": list(summary["registered_metrics"]),
                                                "attributes": a.attributes, "group_by": a.group_by})
     for name, m in summary["mean"].items():
         print(f"{name:15s} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD95 {m['hd95_mm']:.2f} mm "
               f"(over {m['n_cases_per_metric']['hd95_mm']})  surface Dice {m['surface_dice']:.4f}  "
               f"({m['n_cases']} cases, {m['n_empty_both']} empty in both, {m['n_missed']} missed, "
               f"{m['n_spurious']} spurious)")
+    shown = {"dice", "hd95_mm"}  # printed above
+    for metric, key in summary["registered_metrics"].items():
+        if key not in shown:
+            means = ", ".join(f"{name} {m[key]:.4g}" for name, m in summary["mean"].items())
+            print(f"registered metric {metric}: {means}")
     print(f"mean foreground Dice {summary['foreground_mean_dice']:.4f} (spacing: {summary['spacing']}) -> "
           f"{out / 'summary.json'}, {out / 'metrics.csv'}")
     if summary.get("groups"):
@@ -499,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--uncertainty", action="store_true", help="also write <case>_entropy<ending> and "
                     "<case>_mutual_information<ending> (per voxel, over mirrorings and folds) and a score per case "
                     "in uncertainty.json")
+    pr.add_argument("--predictor", default="sliding-window", metavar="NAME", help="the registered predictor that "
+                    "turns a case into probabilities (plug-ins add theirs; default %(default)s)")
     pr.add_argument("--pixel-spacing", type=float, metavar="MM", help="2D images (PNG, TIFF, BMP, JPEG carry no "
                     "spacing): one pixel size for all (mm); 2D input needs this or --spacing-csv")
     pr.add_argument("--spacing-csv", metavar="CSV", help="2D images: CSV with file name and pixel size (mm) "
@@ -567,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "--attributes: every metric per group, and the equity-scaled Dice (ES-Dice), in summary.json's "
                     "'groups'; the columns are appended to metrics.csv")
     ev.add_argument("--no-surface", action="store_true", help="skip HD95 and surface Dice (faster)")
+    ev.add_argument("--metrics", type=_metric_names, metavar="A,B", help="registered metrics (plug-ins' included) "
+                    "to add per case and class and to the means, comma-separated (default: every registered metric "
+                    "that is not marked expensive)")
     ev.add_argument("--workers", type=int, default=_default_workers())
     ev.set_defaults(func=cmd_evaluate)
 

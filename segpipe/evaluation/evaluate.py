@@ -7,7 +7,9 @@ declared label. 2D files carry no pixel spacing: give ``pixel_spacing`` (mm) or 
 onboarding reads) so that HD95, surface Dice and volumes are in mm. Every problem of every case is reported
 before anything is written: ``summary.json`` (per case and class, means per class with the number of cases
 each is over, foreground mean; :func:`segpipe.evaluation.summary.summarize`) and ``metrics.csv`` (one row per
-case and class) go to a folder outside the prediction and reference folders.
+case and class) go to a folder outside the prediction and reference folders. Registered metrics
+(:mod:`segpipe.evaluation.metric_registry`, plug-ins' included) are added to both, per case and class and in the
+means: every cheap one by default, or those named by ``metrics``.
 """
 from __future__ import annotations
 
@@ -18,17 +20,19 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from segpipe.dataset.attributes import CaseAttributes
 from segpipe.dataset.formats.common import check_spacing_options, read_spacing_csv
 from segpipe.dataset.model import label_values
 from segpipe.dataset.reading import map_label_values
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.evaluation.fairness import fairness, load_groupings
+from segpipe.evaluation.metric_registry import add_registered_metrics, chosen_metrics, metric_key
 from segpipe.evaluation.metrics import case_metrics
-from segpipe.evaluation.summary import summarize
+from segpipe.evaluation.summary import SUMMARY_METRICS, SummaryMetric, summarize
 from segpipe.io.atomic import atomic_write_text
 from segpipe.io.images import ENDINGS_2D, Geometry, file_ending, read_image
 from segpipe.io.jsonio import write_json
@@ -161,7 +165,7 @@ def _label_problems(arr: np.ndarray, path: Path, cid: str, labels: Mapping[str, 
 
 
 def _one(args) -> tuple[str, dict | None, list[Problem]]:
-    cid, pred_path, ref_path, labels, tol, surface, value_map, spacing = args
+    cid, pred_path, ref_path, labels, tol, surface, value_map, spacing, registered = args
     pred, pg = read_label_map(pred_path, labels, value_map)
     ref, rg = read_label_map(ref_path, labels, value_map)
     problems = (_label_problems(pred, pred_path, cid, labels, "prediction")
@@ -174,8 +178,9 @@ def _one(args) -> tuple[str, dict | None, list[Problem]]:
         return cid, None, problems
     if spacing is not None:
         rg = rg.with_spacing(spacing)
-    return cid, case_metrics(np.rint(pred).astype(np.int32), np.rint(ref).astype(np.int32), labels, rg.spacing,
-                             tol, surface), []
+    pred_i, ref_i = np.rint(pred).astype(np.int32), np.rint(ref).astype(np.int32)
+    record = case_metrics(pred_i, ref_i, labels, rg.spacing, tol, surface)
+    return cid, add_registered_metrics(record, pred_i, ref_i, labels, rg.spacing, registered), []
 
 
 def _spacings(common: list[str], preds: dict[str, Path], refs: dict[str, Path], pixel_spacing: float | None,
@@ -219,7 +224,8 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: Mapping[str, Any], o
                      tolerance_mm: float | dict[str, float] = 1.0, workers: int = 1, surface: bool = True, *,
                      ref_glob: str | None = None, pixel_spacing: float | None = None,
                      spacing_csv: Path | None = None, label_value_map: dict[str, int] | None = None,
-                     attributes: Path | None = None, group_by: Sequence[str] = ()) -> dict:
+                     attributes: Path | CaseAttributes | None = None, group_by: Sequence[str] = (),
+                     metrics: Sequence[str] | None = None) -> dict:
     """Metrics of every prediction that has a reference; writes ``summary.json`` and ``metrics.csv`` to
     ``output`` (when given) only after every case passed its checks.
 
@@ -228,11 +234,14 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: Mapping[str, Any], o
     2D references. ``label_value_map``: the data set's value map (default: 255 -> 1 for 2D files).
     ``attributes`` (a CSV: case id + attribute columns) with ``group_by`` (its columns): every metric per group
     and ES-Dice in ``summary["groups"]`` (:mod:`segpipe.evaluation.fairness`), the CSV checked before any case is
-    evaluated; the group columns are appended to metrics.csv.
+    evaluated; the group columns are appended to metrics.csv. ``metrics``: the registered metrics to add
+    (:func:`segpipe.evaluation.metric_registry.chosen_metrics`; default every cheap one), per case and class and
+    averaged like the built-in ones; ``summary["registered_metrics"]`` maps each to its key in the records.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_tolerance(tolerance_mm)
     check_spacing_options(pixel_spacing, spacing_csv)
+    registered = chosen_metrics(metrics)
     preds, refs = _cases(pred_dir, "--pred"), _cases(ref_dir, "--ref", ref_glob)
     missing = sorted(set(refs) - set(preds))
     if not preds:
@@ -246,36 +255,42 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: Mapping[str, Any], o
                    "--ref-glob (e.g. --ref-glob '*_Mask.png' for <case>_Mask.png)", file=pred_dir)
     spacings, spacing_source = _spacings(common, preds, refs, pixel_spacing, spacing_csv)
     groupings, attributes_info = load_groupings(attributes, group_by, common)
-    results = map_cases(_one, [(c, preds[c], refs[c], labels, tolerance_mm, surface, label_value_map, spacings[c])
-                               for c in common], workers, "evaluate", cases=common)
+    results = map_cases(_one, [(c, preds[c], refs[c], labels, tolerance_mm, surface, label_value_map, spacings[c],
+                                registered) for c in common], workers, "evaluate", cases=common)
     problems = [p for _, _, ps in results for p in ps]
     if problems:
         raise SegpipeError(problems)
     per_case = {cid: m for cid, m, _ in results}
+    extra = tuple(k for k in dict.fromkeys(metric_key(n) for n in registered) if k not in SUMMARY_METRICS)
+    averaged = cast("tuple[SummaryMetric, ...]", (*SUMMARY_METRICS, *extra))  # and the registered metrics' keys
     summary = {"pred": str(pred_dir), "ref": str(ref_dir), "labels": labels, "tolerance_mm": tolerance_mm,
-               "spacing": spacing_source, "missing_predictions": missing, "cases": per_case,
-               **summarize(per_case, labels)}
+               "spacing": spacing_source, "missing_predictions": missing,
+               "registered_metrics": {n: metric_key(n) for n in registered}, "cases": per_case,
+               **summarize(per_case, labels, averaged)}
     if groupings:
         summary["attributes"] = attributes_info
-        summary["groups"] = fairness(per_case, groupings, labels, overall=summary)
+        summary["groups"] = fairness(per_case, groupings, labels, averaged, overall=summary)
     if output is not None:
         write_json(Path(output) / "summary.json", summary, kind="evaluation")
-        atomic_write_text(Path(output) / "metrics.csv", to_csv(per_case, groupings))
+        atomic_write_text(Path(output) / "metrics.csv", to_csv(per_case, groupings, extra))
     return summary
 
 
-def to_csv(per_case: dict[str, dict[str, dict]], groupings: Mapping[str, Mapping[str, str]] | None = None) -> str:
-    """metrics.csv: one row per case and class; ``groupings`` (``{column: {case: group}}``) appends one column
-    per grouping (named ``group_<column>`` where the column's name is already taken)."""
+def to_csv(per_case: dict[str, dict[str, dict]], groupings: Mapping[str, Mapping[str, str]] | None = None,
+           registered: Sequence[str] = ()) -> str:
+    """metrics.csv: one row per case and class; ``registered`` (record keys of registered metrics) appends one
+    column each after the built-in ones, and ``groupings`` (``{column: {case: group}}``) one column per grouping
+    (named ``group_<column>`` where the column's name is already taken)."""
     groupings = groupings or {}
-    taken = {"case", "class", *CSV_METRICS}
+    columns = [*CSV_METRICS, *(k for k in registered if k not in CSV_METRICS)]
+    taken = {"case", "class", *columns}
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["case", "class", *CSV_METRICS, *(f"group_{c}" if c in taken else c for c in groupings)])
+    w.writerow(["case", "class", *columns, *(f"group_{c}" if c in taken else c for c in groupings)])
     for cid, classes in per_case.items():
         groups = [g[cid] for g in groupings.values()]
         for name, m in classes.items():
-            w.writerow([cid, name, *[m.get(k, "") for k in CSV_METRICS], *groups])
+            w.writerow([cid, name, *[m.get(k, "") for k in columns], *groups])
     return buf.getvalue()
 
 

@@ -68,7 +68,8 @@ def summarize(per_case: Mapping[str, CaseRecord], labels: Mapping[str, Any],
               metrics: tuple[SummaryMetric, ...] = SUMMARY_METRICS) -> dict:
     """``{"mean": {class: summarize_class(...)}, "foreground_mean_dice", "foreground_mean_dice_n_classes",
     "n_cases"}`` over the cases of ``per_case`` (in its order) for every foreground class (value != 0) of
-    ``labels``. ``metrics``: the metrics to average (surface ones only where they were computed)."""
+    ``labels``. ``metrics``: the metrics to average (surface ones only where they were computed; ``segpipe
+    evaluate`` adds the keys of the registered metrics it computed, :mod:`segpipe.evaluation.metric_registry`)."""
     mean = {name: summarize_class([c[name] for c in per_case.values() if name in c], metrics)
             for name, value in output_classes(labels).items() if value != 0}
     dices = [m["dice"] for m in mean.values() if _defined(m.get("dice"))]

@@ -10,6 +10,7 @@ from segpipe import records
 from segpipe.dataset.store import load_dataset
 from segpipe.errors import fail
 from segpipe.inference.predict import Model, load_model
+from segpipe.inference.predictors import DEFAULT_PREDICTOR, check_predictor
 from segpipe.io.jsonio import read_json
 from segpipe.planning.plans import Configuration, load_plans
 from segpipe.workspace import Workspace
@@ -35,9 +36,11 @@ def chosen_models(ws: Workspace, configs: list[str] | None = None, folds: list[s
 
 
 def load_models(ws: Workspace, configs: list[str], folds: list[str] | None, checkpoint: str,
-                device: torch.device) -> list[Model]:
+                device: torch.device, predictor: str = DEFAULT_PREDICTOR) -> list[Model]:
     """The trained networks of each configuration (``folds``, default every trained fold), checked against the
-    current plan; a cascade stage's model carries its previous stage's (all of its trained folds)."""
+    current plan; a cascade stage's model carries its previous stage's (all of its trained folds). Every model
+    predicts with the registered ``predictor`` (checked before anything is loaded)."""
+    check_predictor(predictor)
     spec = load_dataset(ws)
     plans = load_plans(ws)
     models = []
@@ -64,7 +67,9 @@ def load_models(ws: Workspace, configs: list[str], folds: list[str] | None, chec
             foreground = tuple(foreground_values(spec.labels, spec.region_order))
         model = load_model(ws.results_root(c), cfg, fs, spec.n_channels + len(foreground), spec.n_outputs, device,
                            checkpoint)
-        model.previous, model.foreground = previous, foreground
+        model.previous, model.foreground, model.predictor = previous, foreground, predictor
+        if previous is not None:
+            previous.predictor = predictor
         models.append(model)
         _check_folds_plan(ws, c, cfg, fs)  # after load_model, which names a changed network more precisely
     return models

@@ -36,7 +36,8 @@ from segpipe.errors import Problem, fail, failure_problems
 from segpipe.inference.cascade import cascade_input
 from segpipe.inference.export import export_prediction
 from segpipe.inference.inputs import discover_inputs, input_spec, resolve_inputs  # noqa: F401 - discover_inputs re-exported
-from segpipe.inference.sliding_window import mirror_axes_for, predict_sliding_window
+from segpipe.inference.predictors import DEFAULT_PREDICTOR, run_predictor
+from segpipe.inference.sliding_window import mirror_axes_for
 from segpipe.inference.uncertainty import export_uncertainty, max_entropy, write_summary
 from segpipe.io.atomic import TMP_PREFIX, remove_stale_temporaries
 from segpipe.io.images import GeometryDict, file_ending
@@ -56,13 +57,15 @@ HANDOVER_BYTES = 64 << 20  # larger probabilities reach an export worker through
 class Model:
     """The networks of one configuration (one per fold, ``folds`` naming them in the same order) and its plan
     entry; for a cascade stage, the previous stage's model (run first; its segmentation becomes one-hot input
-    channels for ``foreground`` labels)."""
+    channels for ``foreground`` labels). ``predictor``: the registered predictor that turns a case into
+    probabilities with the networks (:mod:`segpipe.inference.predictors`)."""
 
     config: Configuration
     networks: list[torch.nn.Module]
     previous: Model | None = None
     foreground: tuple[int, ...] = ()
     folds: tuple[str, ...] = ()
+    predictor: str = DEFAULT_PREDICTOR
 
     @property
     def config_name(self) -> str:
@@ -316,17 +319,18 @@ def predict_case(model: Model, pdata: np.ndarray, n_classes: int, mirror: bool, 
                  ) -> torch.Tensor:
     """Fold-averaged softmax probabilities of one configuration for one preprocessed case ``(c, Z, Y, X)``
     (region probabilities, a sigmoid per output, when ``region_order`` is given),
-    at the configuration's spacing: ``(n_classes, Z, Y, X)`` float32 on the CPU, one array for all folds
-    (:func:`segpipe.inference.sliding_window.predict_sliding_window` sums them in place). ``entropy_out``
-    (``(Z, Y, X)`` float32, CPU) receives the expected entropy over the folds' mirrorings (uncertainty)."""
+    at the configuration's spacing: ``(n_classes, Z, Y, X)`` float32 on the CPU, one array for all folds,
+    by the model's predictor (default :func:`segpipe.inference.sliding_window.predict_sliding_window`, which sums
+    them in place). ``entropy_out`` (``(Z, Y, X)`` float32, CPU) receives the expected entropy over the folds'
+    mirrorings (uncertainty)."""
     cfg = model.config
     if not model.networks:
         raise ValueError(f"configuration {cfg.name}: no trained network to predict with")
     mirror_axes = mirror_axes_for(cfg.ndim) if mirror else None
-    return predict_sliding_window(model.networks, pdata, list(cfg.patch_size), n_classes, mirror_axes,
-                                  batch_size=batch_size or cfg.batch_size, device=device,
-                                  amp=amp_dtype is not None, amp_dtype=amp_dtype, step=step,
-                                  sigmoid=region_order is not None, entropy_out=entropy_out)
+    return run_predictor(model.predictor, model.networks, pdata, list(cfg.patch_size), n_classes,
+                         mirror_axes=mirror_axes, batch_size=batch_size or cfg.batch_size, device=device,
+                         amp=amp_dtype is not None, amp_dtype=amp_dtype, step=step,
+                         sigmoid=region_order is not None, entropy_out=entropy_out)
 
 
 def export_case(parts: list[tuple[torch.Tensor | np.ndarray, dict]], geometry: GeometryDict | dict,

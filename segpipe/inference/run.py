@@ -9,6 +9,7 @@ from segpipe.dataset.store import load_dataset
 from segpipe.devices import autocast_dtype, pick_device
 from segpipe.inference.models import chosen_models, load_models
 from segpipe.inference.predict import Model, predict_folder
+from segpipe.inference.predictors import DEFAULT_PREDICTOR, check_predictor
 from segpipe.inference.uncertainty import SUMMARY_NAME, uncertainty_paths
 from segpipe.locking import locked
 from segpipe.workspace import Workspace
@@ -26,17 +27,19 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
                 save_probabilities: bool = False, checkpoint: str = "final", device: str = "auto",
                 workers: int = 1, pixel_spacing: float | None = None,
                 precision: str = "auto", spacing_csv: Path | None = None, step: float = 0.5,
-                uncertainty: bool = False) -> tuple[list[str], str]:
+                uncertainty: bool = False, predictor: str = DEFAULT_PREDICTOR) -> tuple[list[str], str]:
     """Predict ``input_dir`` into ``output_dir`` with the chosen models; returns (written files, description).
 
     2D inputs (PNG, ...) need their pixel size (mm): ``pixel_spacing`` for all, or ``spacing_csv`` per file.
     ``uncertainty``: also each case's entropy and mutual-information maps and ``uncertainty.json``
-    (:mod:`segpipe.inference.uncertainty`).
+    (:mod:`segpipe.inference.uncertainty`). ``predictor``: the registered predictor
+    (:mod:`segpipe.inference.predictors`; default the sliding window), recorded.
     """
+    check_predictor(predictor, uncertainty)
     spec = load_dataset(ws)
     configs, folds, postprocess = chosen_models(ws, configs, folds, best)
     dev = pick_device(device)
-    models = load_models(ws, configs, folds, checkpoint, dev)
+    models = load_models(ws, configs, folds, checkpoint, dev, predictor)
 
     def folds_of(m: Model) -> str:
         """The folds ``m`` was loaded with: each configuration's trained folds are looked up once, above."""
@@ -46,12 +49,15 @@ def run_predict(ws: Workspace, input_dir: Path, output_dir: Path, configs: list[
                        else "") + f"{m.config_name} (folds {folds_of(m)})" for m in models)
     if postprocess and (postprocess.get("foreground") or postprocess.get("classes")):
         desc += f", post-processing {postprocess}"
+    if predictor != DEFAULT_PREDICTOR:
+        desc += f", predictor '{predictor}'"
     written = predict_folder(spec, models, input_dir, output_dir, dev, mirror=mirror,
                              save_probabilities=save_probabilities, postprocess=postprocess, workers=workers,
                              pixel_spacing=pixel_spacing, amp_dtype=autocast_dtype(dev, precision),
                              spacing_csv=spacing_csv, step=step, uncertainty=uncertainty)
     settings = {"configs": [m.config_name for m in models], "folds": folds, "checkpoint": checkpoint,
-                "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing, "step": step}
+                "mirror": mirror, "postprocess": postprocess, "pixel_spacing": pixel_spacing, "step": step,
+                "predictor": predictor}
     outputs = list(written)
     if uncertainty:  # recorded only when asked for: a plain prediction's record is what it was
         settings["uncertainty"] = True

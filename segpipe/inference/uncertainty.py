@@ -45,6 +45,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,33 +171,57 @@ def _uncrop(case: _Case, crop: torch.Tensor) -> np.ndarray:
     return full[0] if case.ndim == 2 else full
 
 
-def export_uncertainty(parts: Parts, expected: Sequence[torch.Tensor | np.ndarray], out_path: str | Path,
-                       geometry: Geometry | GeometryDict | Mapping[str, Any], label_map: np.ndarray,
-                       resampling: Sequence[Resampling] | Resampling | None = None, regions: bool = False
-                       ) -> dict[str, Any]:
-    """Write the entropy and mutual-information maps of one case next to its label map ``out_path``
-    (:func:`uncertainty_paths`; float32, atomically, with ``geometry``) and return its scores
-    (:func:`case_scores`).
+@dataclass(frozen=True)
+class CaseUncertainty:
+    """One case's uncertainty in its raw geometry: the ``entropy`` and ``mutual_information`` maps (float32,
+    nats, the label map's shape; 0 outside the crop box) and ``scores`` (:func:`case_scores`; ``score`` is the
+    case's score, as ``uncertainty.json`` has it)."""
+
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    scores: dict[str, Any]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores["score"])
+
+
+def case_uncertainty(parts: Parts, expected: Sequence[torch.Tensor | np.ndarray], label_map: np.ndarray,
+                     resampling: Sequence[Resampling] | Resampling | None = None, regions: bool = False
+                     ) -> CaseUncertainty:
+    """The entropy and mutual-information maps of one case in its raw geometry, and its scores.
 
     ``parts``: ``(probabilities (n_classes, Z, Y, X), props)`` per configuration, as given to
     :func:`segpipe.inference.export.export_prediction`; ``expected``: each part's expected entropy ``(Z, Y, X)``
-    at the same grid (``predict_sliding_window``'s ``entropy_out``); ``label_map``: the label map written for
-    the case (raw shape), whose foreground defines the region of interest; ``resampling``: the parts' plan
-    entries; ``regions``: region (sigmoid) probabilities. Peak memory beyond the inputs: three float32 volumes of
-    the cropped shape and one of the raw shape."""
+    at the same grid (``predict_sliding_window``'s ``entropy_out``); ``label_map``: the case's label map (raw
+    shape), whose foreground defines the region of interest; ``resampling``: the parts' plan entries;
+    ``regions``: region (sigmoid) probabilities. Peak memory beyond the inputs: three float32 volumes of the
+    cropped shape and two of the raw shape."""
     case = _Case(parts, resampling, regions=regions)
     total = _total_entropy(case)
     mi = total - _expected_entropy(case, expected)
     mi.clamp_(min=0.0)  # Jensen makes it >= 0 up to rounding (and cubic overshoot)
-    geo = geometry if isinstance(geometry, Geometry) else Geometry.from_dict(geometry)
-    entropy_path, mi_path = uncertainty_paths(out_path)
     entropy_map = _uncrop(case, total)
     del total
-    write_image(entropy_map, geo, entropy_path)
     mi_map = _uncrop(case, mi)
     del mi
-    write_image(mi_map, geo, mi_path)
-    return case_scores(entropy_map, mi_map, label_map, max_entropy(case.n_classes, regions))
+    return CaseUncertainty(entropy_map, mi_map,
+                           case_scores(entropy_map, mi_map, label_map, max_entropy(case.n_classes, regions)))
+
+
+def export_uncertainty(parts: Parts, expected: Sequence[torch.Tensor | np.ndarray], out_path: str | Path,
+                       geometry: Geometry | GeometryDict | Mapping[str, Any], label_map: np.ndarray,
+                       resampling: Sequence[Resampling] | Resampling | None = None, regions: bool = False
+                       ) -> dict[str, Any]:
+    """Write the entropy and mutual-information maps of one case (:func:`case_uncertainty`) next to its label
+    map ``out_path`` (:func:`uncertainty_paths`; float32, atomically, with ``geometry``) and return its scores
+    (:func:`case_scores`)."""
+    result = case_uncertainty(parts, expected, label_map, resampling, regions)
+    geo = geometry if isinstance(geometry, Geometry) else Geometry.from_dict(geometry)
+    entropy_path, mi_path = uncertainty_paths(out_path)
+    write_image(result.entropy, geo, entropy_path)
+    write_image(result.mutual_information, geo, mi_path)
+    return result.scores
 
 
 # --- scores -----------------------------------------------------------------------------------------------------

@@ -86,8 +86,10 @@ class NetworkCapabilities:
     - ``fixed_patch``: the module accepts inputs of exactly ``spec.patch_size`` only (segpipe trains on patches and
       predicts whole patches by sliding window, padding smaller images; it needs the configuration to build).
     - ``cuda_only``: refused on any other device, naming the network and the fix.
-    - ``memory_estimate``: ``estimate(spec) -> bytes`` of a training step; ``segpipe plan`` warns when a planned
-      configuration exceeds the memory budget by it.
+    - ``memory_estimate``: ``estimate(spec) -> bytes`` of a training step; ``segpipe plan`` shrinks the patch
+      and picks the batch by it against the memory budget (instead of its U-Net memory model,
+      :mod:`segpipe.planning.network_memory`), and warns when a planned configuration still exceeds the budget
+      by it (a patch or batch set by the user, or a patch that cannot shrink further).
     - ``spec_version``: the :data:`NETWORK_SPEC_VERSION` the builder was written against.
     """
 

@@ -101,8 +101,9 @@ def _narrow(cfg: dict[str, Any], width: float) -> dict[str, Any]:
 
 
 def make_candidates(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], n_classes: int,
-                    network: str = "plain") -> list[Candidate]:
-    """nnU-Net's configurations and the variants around them (see the module docstring)."""
+                    network: str = "plain", n_channels: int = 1) -> list[Candidate]:
+    """nnU-Net's configurations and the variants around them (see the module docstring); ``n_channels``: the
+    network's input channels (for a network's own memory estimate)."""
     ndim = fingerprint["ndim"]
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
     n_cases = fingerprint["n_cases"]
@@ -123,7 +124,8 @@ def make_candidates(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], n_
         dims = [(sp, median, ndim == 3)] + ([(sp[1:], median[1:], False)] if ndim == 3 else [])
         for d_sp, d_med, is3d in dims:
             for mem in MEMORY_TARGETS_GB:
-                cfg0 = plan_configuration(d_sp, d_med.tolist(), n_vox, n_classes, mem, network=network)
+                cfg0 = plan_configuration(d_sp, d_med.tolist(), n_vox, n_classes, mem, network=network,
+                                          in_channels=n_channels)
                 cfg0["batch_size"] = BUDGET_BATCH_3D if is3d else BUDGET_BATCH_2D
                 cfg0["why"]["batch_size"] = (f"{cfg0['batch_size']}: the budget planner trains "
                                              f"{'3D' if is3d else '2D'} candidates at this batch size")
@@ -238,7 +240,7 @@ def fit_power_law(candidates: list[Candidate]) -> tuple[float, float]:
 def plan_for_budget(plans: dict[str, Any], fingerprint: Mapping[str, Any], n_channels: int, n_classes: int,
                     budget_s: float, calibration: Calibration, network: str = "plain") -> dict[str, Any]:
     """Add the budget's choice to ``plans`` (a configuration and the ``budget`` record); returns ``plans``."""
-    candidates = make_candidates(plans, fingerprint, n_classes, network)
+    candidates = make_candidates(plans, fingerprint, n_classes, network, n_channels)
     estimate_seconds(candidates, calibration, n_channels, n_classes)
     best, why = choose(candidates, budget_s, plans, fingerprint, n_classes)
     for _ in range(MAX_CHOICE_ROUNDS):  # estimates steer, measurements decide: measure the choice, choose again

@@ -20,10 +20,11 @@ PLANNER_NAME = "default"
 
 
 class _Overrides(TypedDict):
-    """:func:`plan_configuration`'s user overrides for one configuration."""
+    """:func:`plan_configuration`'s user overrides for one configuration, and the network's input channels."""
 
     patch_override: Sequence[int] | None
     batch_override: int | None
+    in_channels: int
 
 
 def _resampling(spacing: Sequence[float]) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def plan_dataset(fingerprint: Mapping[str, Any], spec: DatasetSpec, memory_gb: f
 
     def ov(cfg: str) -> _Overrides:
         return {"patch_override": patch_size if override_config == cfg else None,
-                "batch_override": batch_size if override_config == cfg else None}
+                "batch_override": batch_size if override_config == cfg else None, "in_channels": spec.n_channels}
 
     norm, norm_why = plan_normalization(spec.channels, fingerprint)
     configs: dict[str, dict[str, Any]] = {}
