@@ -12,9 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segpipe._version import __version__
 from segpipe.errors import SegpipeError, fail, os_error_problem
+
+if TYPE_CHECKING:
+    from segpipe.dataset.attributes import CaseAttributes
 
 log = logging.getLogger("segpipe")
 
@@ -74,14 +78,17 @@ def cmd_onboard(a: argparse.Namespace) -> int:
                           image_globs=a.image_glob or [], label_glob=a.label_glob,
                           spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None, pixel_spacing=a.pixel_spacing,
                           subject_csv=Path(a.subject_csv) if a.subject_csv else None,
-                          subject_column=a.subject_column, subject_pattern=a.subject_pattern)
+                          subject_column=a.subject_column, subject_pattern=a.subject_pattern,
+                          attributes_csv=Path(a.attributes) if a.attributes else None)
     root = default_root(a.workspace)
     ws, spec, warnings, skipped = onboard(a.source, root, opts, copy=a.copy, workers=a.workers, force=a.force,
                                           allow_external_links=a.allow_external_links)
     for w in warnings:
         log.warning(w.format())
     state = "unchanged, skipped" if skipped else "onboarded"
-    print(f"{spec.name}: {state}: {len(spec.cases)} cases, channels {list(spec.channels.values())}, "
+    extra = (f", {len(spec.unlabelled)} unlabelled images" if spec.unlabelled else "") + (
+        f", attributes {spec.attribute_columns}" if spec.attribute_columns else "")
+    print(f"{spec.name}: {state}: {len(spec.cases)} cases{extra}, channels {list(spec.channels.values())}, "
           f"labels {spec.labels} -> {ws.dir}")
     return 0
 
@@ -234,12 +241,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         labels, value_map = spec.labels, spec.label_value_map
     else:
         labels = dict(labels_from_references(ref, a.ref_glob))
+    attributes: Path | CaseAttributes | None = Path(a.attributes) if a.attributes else None
+    if attributes is None and a.group_by and ws is not None and ws.dataset_json.is_file():
+        from segpipe.dataset.store import load_dataset
+        from segpipe.evaluation.fairness import workspace_attributes
+
+        attributes = workspace_attributes(load_dataset(ws), ws.dataset_json)  # onboarded with --attributes
     summary = evaluate_folders(pred, ref, labels, out, a.tolerance, a.workers, surface=not a.no_surface,
                                ref_glob=a.ref_glob, pixel_spacing=a.pixel_spacing,
                                spacing_csv=Path(a.spacing_csv) if a.spacing_csv else None,
                                label_value_map=value_map,
-                               attributes=Path(a.attributes) if a.attributes else None, group_by=a.group_by,
-                               metrics=a.metrics)
+                               attributes=attributes, group_by=a.group_by, metrics=a.metrics)
     if ws is not None and ws.dataset_json.is_file():
         from segpipe.evaluation.evaluate import record_evaluation
 
@@ -411,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--subject-column", metavar="COL", help="the subject column of --subject-csv (default: subject)")
     o.add_argument("--subject-pattern", metavar="REGEX", help="regex searched in each case id; its group "
                    "'subject' (or first group) is the subject, e.g. '^(\\d{3})_' for HC18's 010_HC, 010_2HC")
+    o.add_argument("--attributes", metavar="CSV", help="per-case attributes: a CSV with a case-id column and columns "
+                   "such as sex, age group, site, scanner; stored per case, seen by losses in every batch and by "
+                   "`evaluate -w W -n N --group-by COL`")
     o.add_argument("--copy", action="store_true", help="copy the case files into the workspace instead of linking")
     o.add_argument("--allow-external-links", action="store_true", help="accept files that are symlinks to places "
                    "outside the folder (refused by default)")
@@ -578,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "columns, as for onboarding (looked up by prediction file name, reference file name or "
                     "<case><ending>)")
     ev.add_argument("--attributes", metavar="CSV", help="per-case attributes: a CSV with a case-id column (case_id, "
-                    "case, id, file, image or name) and attribute columns (site, scanner, sex, ...); with --group-by")
+                    "case, id, file, image or name) and attribute columns (site, scanner, sex, ...); with --group-by "
+                    "(default with -w/-n: the attributes given to `segpipe onboard --attributes`)")
     ev.add_argument("--group-by", nargs="+", metavar="COLUMN", default=[], help="attribute column(s) of "
                     "--attributes: every metric per group, and the equity-scaled Dice (ES-Dice), in summary.json's "
                     "'groups'; the columns are appended to metrics.csv")

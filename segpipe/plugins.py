@@ -46,7 +46,7 @@ REGISTRIES: dict[str, tuple[str, str]] = {
     "predictor": ("segpipe.inference.predictors", "PREDICTORS"),
 }
 # importing these registers the in-tree entries of each kind (segpipe.networks imports the builders)
-_IN_TREE_MODULES = {"network": "segpipe.networks"}
+_IN_TREE_MODULES = {"network": "segpipe.networks", "trainer": "segpipe.training.trainers"}
 
 T = TypeVar("T")
 
@@ -224,7 +224,7 @@ def lookup(kind: str, name: str, fix: str, label: str | None = None) -> Any:
     may use ``{names}`` (the known names, comma-separated) and ``{listed}`` (their sorted list)."""
     from segpipe.errors import did_you_mean, fail
 
-    load_plugins()
+    registry(kind)  # the in-tree entries and the plug-ins, loaded
     table = _table(kind)
     if name not in table:
         raise fail(f"unknown {label or kind} '{name}'{did_you_mean(name, table)}{load_errors_note()}",

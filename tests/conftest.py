@@ -110,6 +110,34 @@ def msd4(tmp_path: Path) -> Path:
     return make_msd(tmp_path / "Task04", hippo_ids(4))
 
 
+HIPPO_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
+
+
+def make_semi(dst: Path, n_labelled: int = 4, n_unlabelled: int = 3, dataset_json: dict | None = None,
+              unlabelled_in: str = "imagesUnlabelled") -> tuple[list[str], list[str]]:
+    """An nnU-Net folder of real hippocampus cases: ``n_labelled`` in imagesTr/labelsTr, ``n_unlabelled`` images
+    in ``unlabelled_in`` (imagesTr: without a label file). Returns (labelled ids, unlabelled ids)."""
+    ids = hippo_ids(n_labelled + n_unlabelled)
+    labelled, unlabelled = ids[:n_labelled], ids[n_labelled:]
+    for sub in ("imagesTr", "labelsTr", unlabelled_in):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+    for cid in labelled:
+        shutil.copy2(hippo_file(cid), dst / "imagesTr" / f"{cid}_0000.nii.gz")
+        shutil.copy2(hippo_file(cid, "labelsTr"), dst / "labelsTr" / f"{cid}.nii.gz")
+    for cid in unlabelled:
+        shutil.copy2(hippo_file(cid), dst / unlabelled_in / f"{cid}_0000.nii.gz")
+    dj = {"channel_names": {"0": "MRI"}, "labels": HIPPO_LABELS, "numTraining": n_labelled, "file_ending": ".nii.gz"}
+    dj.update(dataset_json or {})
+    (dst / "dataset.json").write_text(json.dumps(dj))
+    return labelled, unlabelled
+
+
+def write_attributes(path: Path, ids: list[str], skip: tuple[str, ...] = ()) -> dict[str, str]:
+    sites = {cid: ("north" if i % 2 else "south") for i, cid in enumerate(ids) if cid not in skip}
+    path.write_text("case_id,site,scanner\n" + "".join(f"{c},{s},S{i % 3}\n" for i, (c, s) in enumerate(sites.items())))
+    return sites
+
+
 def tree_state(root: Path) -> dict[str, str]:
     """Content hash of every file under ``root`` (symlinks by target): to show a command changed nothing."""
     out: dict[str, str] = {}
@@ -142,13 +170,14 @@ def tiny_ws_template(tmp_path_factory) -> Path:
     return make_tiny_workspace(make_msd(root / "src", hippo_ids(6)), root / "ws", "tiny")
 
 
-def make_tiny_workspace(src: Path, ws: Path, name: str, workers: int = 1) -> Path:
-    """Onboard ``src`` as ``name`` into ``ws``, fingerprint and plan it, give 3d_fullres the tiny network and a
-    [16, 24, 16] patch (batch 2), and preprocess 3d_fullres: a workspace that trains in seconds."""
+def make_tiny_workspace(src: Path, ws: Path, name: str, workers: int = 1, onboard_args: Sequence[str] = ()) -> Path:
+    """Onboard ``src`` as ``name`` into ``ws`` (with ``onboard_args``), fingerprint and plan it, give 3d_fullres the
+    tiny network and a [16, 24, 16] patch (batch 2), and preprocess 3d_fullres: a workspace that trains in seconds."""
     from segpipe.cli import main
     from segpipe.io.jsonio import read_json, write_json
 
-    assert main(["onboard", str(src), "--name", name, "--workspace", str(ws), "--workers", str(workers)]) == 0
+    assert main(["onboard", str(src), "--name", name, "--workspace", str(ws), "--workers", str(workers),
+                 *onboard_args]) == 0
     assert main(["fingerprint", "-w", str(ws), "--workers", "1"]) == 0
     assert main(["plan", "-w", str(ws)]) == 0
     plans_path = ws / name / "plans.json"

@@ -6,7 +6,10 @@ The case-id column is found by its header (case-insensitive, spaces, ``_`` and `
 to it once a file ending is stripped (``0522c0017.nii.gz`` gives ``0522c0017``). Values are kept as text,
 stripped of surrounding spaces.
 
-Every problem names the CSV, what is wrong and the fix (:class:`~segpipe.errors.Problem`).
+Every problem names the CSV, what is wrong and the fix (:class:`~segpipe.errors.Problem`). Two users: ``evaluate
+--attributes CSV --group-by COL`` (fairness per group) and ``onboard --attributes CSV``, which stores each case's
+row in the workspace's dataset.json (:func:`attach_attributes`) so that trainers' losses see them in the batch
+metadata and ``evaluate -w W -n N --group-by COL`` finds them without the CSV.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segpipe.dataset.model import CaseEntry
 from segpipe.errors import Problem, SegpipeError, did_you_mean, fail
 from segpipe.io.images import file_ending
 
@@ -167,3 +171,29 @@ def unused_rows(attrs: CaseAttributes, cases: Iterable[str]) -> list[str]:
     """The CSV's case ids that match none of ``cases`` (rows ignored by an evaluation of ``cases``)."""
     used = {attrs.row_id(c) for c in cases}
     return sorted(rid for rid in attrs.rows if rid not in used)
+
+
+def attach_attributes(cases: Sequence[CaseEntry], path: Path) -> tuple[list[str], list[Problem]]:
+    """Onboarding (``onboard --attributes CSV``): give every case of ``cases`` its row of the CSV at ``path``
+    (``case.attributes``, column -> value). Returns the attribute columns and the warnings: cases without a row
+    (they get no attributes; the loss sees none for them and ``evaluate --group-by`` refuses them) and rows that
+    match no case. An unreadable CSV or one without a case-id column is an error (:func:`read_attributes`)."""
+    attrs = read_attributes(path)
+    absent: list[str] = []
+    for case in cases:
+        rid = attrs.row_id(case.id)
+        if rid is None:
+            absent.append(case.id)
+            case.attributes = None
+        else:
+            case.attributes = {c: attrs.rows[rid][c] for c in attrs.columns}
+    problems: list[Problem] = []
+    if absent:
+        problems.append(Problem(f"{len(absent)} case(s) have no row in the attribute CSV: {_named(absent)}",
+                                "add a row (case id or file name) for each, e.g. with the value 'unknown'",
+                                str(path), severity="warning"))
+    unused = unused_rows(attrs, [c.id for c in cases])
+    if unused:
+        problems.append(Problem(f"{len(unused)} row(s) of the attribute CSV match no case: {_named(unused)}",
+                                "check their case ids (ignored otherwise)", str(path), severity="warning"))
+    return list(attrs.columns), problems

@@ -78,13 +78,16 @@ class CaseEntry:
     """One case. ``images`` has one path per channel, or a single multi-channel (4D) file when the dataset
     has ``channels_in_file``. ``spacing`` overrides the files' spacing (array axis order, mm), for formats that
     carry none (PNG). ``subject`` names the person the scan belongs to (``--subject-csv``/``--subject-pattern``):
-    cross-validation keeps all cases of one subject in the same fold; None when not given."""
+    cross-validation keeps all cases of one subject in the same fold; None when not given. ``attributes``: the
+    case's row of ``onboard --attributes`` (column -> value, as text: sex, age group, site, scanner, ...); they
+    reach the loss in every batch's metadata and ``evaluate --group-by`` in the workspace."""
 
     id: str
     images: list[str]
     label: str | None = None
     spacing: list[float] | None = None
     subject: str | None = None
+    attributes: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "images": list(self.images), "label": self.label}
@@ -92,12 +95,23 @@ class CaseEntry:
             d["spacing"] = list(self.spacing)
         if self.subject is not None:
             d["subject"] = self.subject
+        if self.attributes is not None:
+            d["attributes"] = dict(self.attributes)
         return d
+
+    def files(self) -> list[str]:
+        """The case's files (images, then the label when it has one), relative to ``raw/``."""
+        return list(self.images) + ([self.label] if self.label else [])
 
 
 @dataclass
 class DatasetSpec:
-    """Everything segpipe needs to know about a dataset; serialised as the workspace's dataset.json."""
+    """Everything segpipe needs to know about a dataset; serialised as the workspace's dataset.json.
+
+    Data roles: :attr:`cases` are the labelled cases (cross-validation, fingerprint, evaluation);
+    :attr:`unlabelled` are images without a label (``imagesUnlabelled/`` of an nnU-Net folder, or training images
+    without a label where the folder's dataset.json declares them unlabelled). They are validated and
+    preprocessed like the others and used only by trainers that learn from unlabelled images (``bcp``)."""
 
     name: str
     source: str
@@ -112,6 +126,18 @@ class DatasetSpec:
     allow_external_links: bool = False
     notes: list[str] = field(default_factory=list)
     regions_class_order: list[int] | None = None
+    unlabelled: list[CaseEntry] = field(default_factory=list)
+    attribute_columns: list[str] = field(default_factory=list)
+
+    @property
+    def all_cases(self) -> list[CaseEntry]:
+        """Every case the data set holds: the labelled :attr:`cases`, then the :attr:`unlabelled` ones."""
+        return list(self.cases) + list(self.unlabelled)
+
+    @property
+    def attributes(self) -> dict[str, dict[str, str]]:
+        """Case id -> attributes (``onboard --attributes``), for the cases (labelled or not) that have them."""
+        return {c.id: dict(c.attributes) for c in self.all_cases if c.attributes is not None}
 
     @property
     def n_channels(self) -> int:
@@ -159,7 +185,7 @@ class DatasetSpec:
         return {c.id: c.subject for c in self.cases if c.subject is not None}
 
     def case(self, case_id: str) -> CaseEntry:
-        for c in self.cases:
+        for c in self.all_cases:
             if c.id == case_id:
                 return c
         raise KeyError(case_id)
@@ -171,7 +197,10 @@ class DatasetSpec:
                 "channels_in_file": self.channels_in_file, "label_value_map": self.label_value_map,
                 "notes": list(self.notes), "num_cases": len(self.cases),
                 **({"regions_class_order": list(self.regions_class_order)} if self.regions_class_order else {}),
-                "cases": [c.to_dict() for c in self.cases]}
+                **({"attribute_columns": list(self.attribute_columns)} if self.attribute_columns else {}),
+                "cases": [c.to_dict() for c in self.cases],
+                **({"num_unlabelled": len(self.unlabelled), "unlabelled": [c.to_dict() for c in self.unlabelled]}
+                   if self.unlabelled else {})}
 
     @classmethod
     def from_dict(cls, d: dict, file: str | Path | None = None) -> DatasetSpec:
@@ -194,21 +223,13 @@ class DatasetSpec:
         cases = need("cases", list)
         if problems:
             raise SegpipeError(problems)
-        entries = []
-        for c in cases:
-            if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("images"), list):
-                raise fail(f"malformed case entry {c!r}", "re-run `segpipe onboard --force`", file=file)
-            why = case_id_problem(c["id"])
-            for rel in list(c["images"]) + ([c["label"]] if c.get("label") else []):
-                why = why or relative_path_problem(str(rel))
-            if why:
-                raise fail(why, "re-run `segpipe onboard --force` on the original folder", file=file)
-            subject = c.get("subject")
-            if subject is not None and not isinstance(subject, str):
-                raise fail(f"case '{c['id']}' has a subject {subject!r} that is not a string",
-                           "re-run `segpipe onboard --force`", file=file)
-            entries.append(CaseEntry(c["id"], [str(i) for i in c["images"]], c.get("label"), c.get("spacing"),
-                                     subject))
+        unlabelled = d.get("unlabelled", [])
+        if not isinstance(unlabelled, list):
+            raise fail("field 'unlabelled' should be a list of cases", "re-run `segpipe onboard --force`", file=file)
+        entries = [_case_from_dict(c, file) for c in cases]
+        unlabelled_entries = [_case_from_dict(c, file) for c in unlabelled]
+        if any(c.label for c in unlabelled_entries):
+            raise fail("an unlabelled case has a label", "re-run `segpipe onboard --force`", file=file)
         return cls(name=name, source=source, format=fmt, channels={str(k): str(v) for k, v in channels.items()},
                    labels={str(k): ([int(x) for x in v] if isinstance(v, list) else int(v)) for k, v in labels.items()},
                    file_ending=ending, cases=entries,
@@ -217,4 +238,28 @@ class DatasetSpec:
                    allow_external_links=bool(d.get("allow_external_links", False)),
                    notes=list(d.get("notes", [])),
                    regions_class_order=([int(v) for v in d["regions_class_order"]]
-                                        if d.get("regions_class_order") else None))
+                                        if d.get("regions_class_order") else None),
+                   unlabelled=unlabelled_entries,
+                   attribute_columns=[str(c) for c in d.get("attribute_columns", [])])
+
+
+def _case_from_dict(c: Any, file: str | Path | None) -> CaseEntry:
+    """One case entry of a workspace dataset.json, checked (safe id and paths, types)."""
+    if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(c.get("images"), list):
+        raise fail(f"malformed case entry {c!r}", "re-run `segpipe onboard --force`", file=file)
+    why = case_id_problem(c["id"])
+    for rel in list(c["images"]) + ([c["label"]] if c.get("label") else []):
+        why = why or relative_path_problem(str(rel))
+    if why:
+        raise fail(why, "re-run `segpipe onboard --force` on the original folder", file=file)
+    subject = c.get("subject")
+    if subject is not None and not isinstance(subject, str):
+        raise fail(f"case '{c['id']}' has a subject {subject!r} that is not a string",
+                   "re-run `segpipe onboard --force`", file=file)
+    attributes = c.get("attributes")
+    if attributes is not None and not (isinstance(attributes, dict)
+                                       and all(isinstance(v, str) for v in attributes.values())):
+        raise fail(f"case '{c['id']}' has attributes {attributes!r} that are not a mapping of text values",
+                   "re-run `segpipe onboard --force`", file=file)
+    return CaseEntry(c["id"], [str(i) for i in c["images"]], c.get("label"), c.get("spacing"), subject,
+                     None if attributes is None else {str(k): v for k, v in attributes.items()})

@@ -5,17 +5,19 @@ are copied), never modified.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 from pathlib import Path
 
+from segpipe.dataset.attributes import attach_attributes
 from segpipe.dataset.formats import discover
 from segpipe.dataset.formats.common import OnboardOptions
 from segpipe.dataset.model import IGNORE_LABEL, DatasetSpec, case_id_problem, label_values
 from segpipe.dataset.store import load_dataset
 from segpipe.dataset.subjects import assign_subjects
-from segpipe.dataset.validate import validate_dataset
+from segpipe.dataset.validate import declared_label_problems, validate_dataset
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.io.atomic import _tmp_name, remove_stale_temporaries, replace_tree, verification_failed
 from segpipe.io.images import ENDINGS_2D
@@ -72,14 +74,17 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
                    "choose a --workspace outside the data folder", file=ws.root)
     spec, problems = discover(src, options)
     problems += assign_subjects(spec.cases, options)
+    if options.attributes_csv is not None:
+        spec.attribute_columns, attribute_problems = attach_attributes(spec.all_cases, Path(options.attributes_csv))
+        problems += attribute_problems
     if spec.file_ending in ENDINGS_2D and spec.label_value_map is None and 255 not in label_values(spec.labels):
         spec.label_value_map = {"255": 1}
     spec.raw_mode = "copy" if copy else "link"
     spec.allow_external_links = allow_external_links
-    files = [src / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
+    files = [src / f for c in spec.all_cases for f in c.files()]
     settings = {"options": {k: str(v) for k, v in vars(options).items()}, "copy": copy, "source": str(src),
                 "allow_external_links": allow_external_links}
-    csvs = [Path(c) for c in (options.spacing_csv, options.subject_csv) if c is not None]
+    csvs = [Path(c) for c in (options.spacing_csv, options.subject_csv, options.attributes_csv) if c is not None]
     inputs = input_state([], [f for f in files + csvs if f.is_file()])
     if not force and ws.dataset_json.is_file():
         old = read_json(ws.dataset_json, kind="dataset")
@@ -95,6 +100,8 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
             log.warning("onboard: the workspace's raw/ folder is missing files (an interrupted run?); "
                         "onboarding again")
     problems, reports = validate_dataset(spec, src, workers=workers, extra_problems=problems)
+    if spec.unlabelled:
+        problems += validate_unlabelled(spec, src, workers, [r.ndim for r in reports if r.ndim])
     found = {int(v) for r in reports for v in r.label_values}
     if not any(p.severity == "error" for p in problems):
         problems += _complete_labels(spec, found)
@@ -104,7 +111,9 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
     warnings = [p for p in problems if p.severity == "warning"]
     ndims = {r.ndim for r in reports if r.ndim}
     spec.notes = [f"{len(spec.cases)} cases, {ndims.pop() if len(ndims) == 1 else '?'}D, "
-                  f"channels {list(spec.channels.values())}, labels {spec.labels}"]
+                  f"channels {list(spec.channels.values())}, labels {spec.labels}"
+                  + (f"; {len(spec.unlabelled)} unlabelled image(s)" if spec.unlabelled else "")
+                  + (f"; attributes {spec.attribute_columns}" if spec.attribute_columns else "")]
     ws.dir.mkdir(parents=True, exist_ok=True)
     with stage_lock(ws.dir, "onboard", exclusive=True):
         _write(ws, spec, src, copy)
@@ -124,8 +133,8 @@ def _write(ws: Workspace, spec: DatasetSpec, src: Path, copy: bool) -> None:
     try:
         if copy:
             spec.allow_external_links = False  # the copies are real files inside raw/
-            for c in spec.cases:
-                for rel in c.images + ([c.label] if c.label else []):
+            for c in spec.all_cases:
+                for rel in c.files():
                     dst = new / rel
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src / rel, dst)
@@ -145,4 +154,19 @@ def _write(ws: Workspace, spec: DatasetSpec, src: Path, copy: bool) -> None:
 
 def raw_is_complete(ws: Workspace, spec: DatasetSpec) -> bool:
     """True when every case file of ``spec`` is present under the workspace's ``raw/``."""
-    return all((ws.raw / f).is_file() for c in spec.cases for f in c.images + ([c.label] if c.label else []))
+    return all((ws.raw / f).is_file() for c in spec.all_cases for f in c.files())
+
+
+def validate_unlabelled(spec: DatasetSpec, src: Path, workers: int, labelled_ndims: list[int]) -> list[Problem]:
+    """Validate the unlabelled images like the labelled ones (readable, finite, channels on one grid, ...), with
+    no label to check; they must have the labelled cases' dimensionality."""
+    unlabelled_only = dataclasses.replace(spec, cases=list(spec.unlabelled), unlabelled=[])
+    problems, reports = validate_dataset(unlabelled_only, src, workers=workers, require_label=False)
+    reported = {p.problem for p in declared_label_problems(spec)}  # the labelled cases' validation gave them
+    problems = [p for p in problems if p.problem not in reported]
+    if labelled_ndims:
+        major = max(set(labelled_ndims), key=labelled_ndims.count)
+        problems += [Problem(f"unlabelled {r.ndim}D image in a data set of {major}D images",
+                             "remove it from the unlabelled images", case=r.case)
+                     for r in reports if r.ndim and r.ndim != major]
+    return problems

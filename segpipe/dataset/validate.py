@@ -111,7 +111,9 @@ def validate_case(spec: DatasetSpec, raw_root: Path, case: CaseEntry, expect_ndi
                                  "resample all channels onto the same grid", str(path), case.id))
     if case.label is None:
         if require_label:
-            P.append(Problem("training image has no label file", "add the label map, or remove the image",
+            P.append(Problem("training image has no label file", "add the label map, or remove the image (or, for "
+                             "an nnU-Net folder used semi-supervised, declare it unlabelled in dataset.json: "
+                             '"unlabelled": {"images_without_labels": true})',
                              case.images[0] if case.images else None, case.id))
         return rep
     try:

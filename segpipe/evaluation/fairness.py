@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from segpipe.dataset.attributes import case_groups, read_attributes, unused_rows
+from segpipe.dataset.attributes import CaseAttributes, case_groups, read_attributes, unused_rows
+from segpipe.dataset.model import DatasetSpec
 from segpipe.errors import fail
 from segpipe.evaluation.metrics import CaseRecord
 from segpipe.evaluation.summary import SUMMARY_METRICS, SummaryMetric, summarize
@@ -101,10 +102,11 @@ def fairness(per_case: Mapping[str, CaseRecord], groupings: Mapping[str, Mapping
             for column, case_group in groupings.items()}
 
 
-def load_groupings(attributes: Path | None, group_by: Sequence[str], cases: Sequence[str]
+def load_groupings(attributes: Path | CaseAttributes | None, group_by: Sequence[str], cases: Sequence[str]
                    ) -> tuple[dict[str, dict[str, str]], dict[str, Any] | None]:
-    """``({column: {case: group}}, description)`` for the evaluated ``cases`` from the attribute CSV, checked
-    before any case is evaluated. ``({}, None)`` without ``attributes``. The description (for summary.json) names
+    """``({column: {case: group}}, description)`` for the evaluated ``cases`` from the attribute CSV (or the
+    attributes onboarded into a workspace, :func:`workspace_attributes`), checked before any case is evaluated.
+    ``({}, None)`` without ``attributes``. The description (for summary.json) names
     the CSV, its case column, the columns and the CSV rows that were not evaluated (ignored)."""
     if attributes is None and not group_by:
         return {}, None
@@ -113,8 +115,9 @@ def load_groupings(attributes: Path | None, group_by: Sequence[str], cases: Sequ
                    "column per attribute, e.g. site or scanner)")
     if not group_by:
         raise fail("--attributes was given without --group-by", "add --group-by COLUMN (one or more of the CSV's "
-                   "attribute columns)", file=attributes)
-    attrs = read_attributes(Path(attributes))
+                   "attribute columns)",
+                   file=attributes.file if isinstance(attributes, CaseAttributes) else attributes)
+    attrs = attributes if isinstance(attributes, CaseAttributes) else read_attributes(Path(attributes))
     groupings = case_groups(attrs, cases, group_by)
     ignored = unused_rows(attrs, cases)
     if ignored:
@@ -122,6 +125,14 @@ def load_groupings(attributes: Path | None, group_by: Sequence[str], cases: Sequ
     info = {"file": str(attrs.file), "case_column": attrs.case_column, "group_by": list(groupings),
             "n_rows_not_evaluated": len(ignored), "rows_not_evaluated": ignored[:50]}
     return groupings, info
+
+
+def workspace_attributes(spec: DatasetSpec, dataset_json: Path) -> CaseAttributes | None:
+    """The per-case attributes onboarded with ``onboard --attributes`` (stored in ``dataset_json``), as the
+    CSV would give them; None when the data set has none."""
+    if not spec.attribute_columns:
+        return None
+    return CaseAttributes(Path(dataset_json), "id", tuple(spec.attribute_columns), spec.attributes)
 
 
 def _fmt(value: float | None) -> str:

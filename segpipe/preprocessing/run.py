@@ -84,7 +84,8 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
     cfg = plans.configuration(config)
     out = ws.preprocessed(cfg.data_identifier)
     stage = stage_name(cfg.data_identifier)
-    raw_files = [ws.raw / f for c in spec.cases for f in c.images + ([c.label] if c.label else [])]
+    cases = spec.all_cases  # the unlabelled images too (image only): semi-supervised trainers read them
+    raw_files = [ws.raw / f for c in cases for f in c.files()]
     inputs = input_state([ws.dataset_json], raw_files)
     settings = {"preprocessing": cfg.preprocessing_key(), **storage_format()}
     state = {"inputs": relative_state(ws, inputs), "settings": _norm(settings)}
@@ -112,21 +113,21 @@ def run_preprocess(ws: Workspace, config: str, workers: int = 1, force: bool = F
     if not folder_ok or force:
         write_json(out / STATE_FILE, state, kind="preprocess_state")
 
-    missing, other = stale_cases(out, [c.id for c in spec.cases], cfg)
+    missing, other = stale_cases(out, [c.id for c in cases], cfg)
     if other:
         log.warning("preprocess %s: %d case(s) were made with another plan; redoing them", config, len(other))
-    todo = [c for c in spec.cases if c.id in set(missing) | set(other)]
+    todo = [c for c in cases if c.id in set(missing) | set(other)]
     if not todo and record_ok:
         log.info("preprocess %s: inputs unchanged and all %d cases complete; skipping (use --force to redo)",
-                 config, len(spec.cases))
+                 config, len(cases))
         n_previous = _previous_stage(ws, plans, cfg, spec, workers, force)
         return n_previous, n_previous == 0
-    if todo and len(todo) < len(spec.cases):
+    if todo and len(todo) < len(cases):
         log.info("preprocess %s: %d of %d cases already complete; continuing with the other %d", config,
-                 len(spec.cases) - len(todo), len(spec.cases), len(todo))
+                 len(cases) - len(todo), len(cases), len(todo))
     args = [(spec, ws.raw, c, cfg, out, case_seed(c.id)) for c in todo]
     map_cases(_one, args, workers, f"preprocess {config}", cases=[c.id for c in todo])
-    check_preprocessed(out, [c.id for c in spec.cases], cfg, config)
+    check_preprocessed(out, [c.id for c in cases], cfg, config)
     write_record(ws, stage, inputs, settings, [])
     _previous_stage(ws, plans, cfg, spec, workers, force)
     return len(todo), False

@@ -107,6 +107,10 @@ def data_section(data: ReportData, images: Images) -> Section:
         ("source", spec.source), ("raw data", "linked" if spec.raw_mode == "link" else "copied")]
     if subjects:
         items.append(("subjects", f"{len(subjects)} (cases of one subject stay in one fold)"))
+    if spec.unlabelled:
+        items.append(("unlabelled images", f"{len(spec.unlabelled)} (for semi-supervised trainers)"))
+    if spec.attribute_columns:
+        items.append(("case attributes", ", ".join(spec.attribute_columns)))
     if spec.label_value_map:
         items.append(("label values in the files", ", ".join(f"{k} \u2192 {v}" for k, v in
                                                             spec.label_value_map.items())))

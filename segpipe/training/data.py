@@ -42,18 +42,37 @@ class CaseInfo:
     class_locations: dict[str, np.ndarray]
 
 
+class UnknownLabel:
+    """The label of an unlabelled case: reads as 0 everywhere inside the image (shape ``(1, Z, Y, X)``), so that
+    :func:`~segpipe.training.sampling.crop_padded` marks only the padding outside the image (-1). Nothing is
+    stored or allocated beyond the box read. Trainers that use unlabelled cases (``bcp``) replace the 0s by
+    pseudo-labels; the 0s are never a loss target."""
+
+    dtype = np.dtype(np.int8)
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = (1, *shape[1:])
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        return np.zeros([len(range(*sl.indices(n))) for sl, n in zip(index, self.shape)], dtype=self.dtype)
+
+
 class CaseStore:
     """Preprocessed cases of one configuration, read patch by patch.
 
     Only :class:`CaseInfo` (shape, class locations) stays in memory per case; :meth:`read_patch` slices the box it
     is asked for from the case's blosc2 arrays on disk (decompressing only the blocks it overlaps), so a worker's
     memory does not grow with the data set or the image size. At most ``max_open`` cases are kept open (each holds
-    a file descriptor), least recently used first out.
+    a file descriptor), least recently used first out. With ``labelled=False`` the cases are unlabelled images
+    (no segmentation on disk): their label reads as :class:`UnknownLabel` (0 inside the image, -1 in padding).
     """
 
-    def __init__(self, folder: Path, case_ids: list[str], max_open: int = 16, cascade: CascadeInput | None = None):
+    def __init__(self, folder: Path, case_ids: list[str], max_open: int = 16, cascade: CascadeInput | None = None,
+                 labelled: bool = True):
         self.folder, self.case_ids, self.max_open = Path(folder), list(case_ids), max_open
-        self.cascade = cascade
+        self.cascade, self.labelled = cascade, labelled
+        if cascade is not None and not labelled:
+            raise ValueError("unlabelled cases have no previous-stage segmentation (cascade)")
         self._info: dict[str, CaseInfo] = {}
         self._open: OrderedDict[str, tuple] = OrderedDict()
 
@@ -75,6 +94,11 @@ class CaseStore:
         from segpipe.preprocessing.store import open_case, seg_path
 
         data, seg = open_case(self.folder, case_id)
+        if not self.labelled:
+            self._open[case_id] = (data, UnknownLabel(tuple(data.shape)))
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+            return self._open[case_id]
         if seg is None:
             raise fail(f"preprocessed case '{case_id}' has no segmentation, which training needs",
                        "give the case a label and re-run `segpipe preprocess --force`",
@@ -152,17 +176,18 @@ class BatchStream(IterableDataset):
     batches ``start + w + k*W``, and the DataLoader returns them in order."""
 
     def __init__(self, folder: Path, case_ids: list[str], seed: int, batch_size: int, patch, augment: bool,
-                 start: int = 0, count: int | None = None, stream: int = 0, cascade: CascadeInput | None = None):
+                 start: int = 0, count: int | None = None, stream: int = 0, cascade: CascadeInput | None = None,
+                 labelled: bool = True):
         super().__init__()
         self.args = (Path(folder), list(case_ids))
-        self.cascade = cascade
+        self.cascade, self.labelled = cascade, labelled
         self.seed, self.batch_size, self.patch, self.augment = seed, batch_size, list(patch), augment
         self.start, self.count, self.stream = start, count, stream
 
     def __iter__(self):
         info = get_worker_info()
         wid, n = (info.id, info.num_workers) if info else (0, 1)
-        store = CaseStore(*self.args, cascade=self.cascade)
+        store = CaseStore(*self.args, cascade=self.cascade, labelled=self.labelled)
         if info is not None:
             torch.set_num_threads(1)  # worker processes leave the cores to the training process
         i = self.start + wid

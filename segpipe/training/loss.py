@@ -36,8 +36,9 @@ DICE_SMOOTH = 1e-5
 
 BatchMeta = Mapping[str, Any]
 """What a loss learns about a batch besides logits and target: ``"mask"``, ``(B, 1, *S)`` bool, the valid voxels
-(label >= 0) at the output's resolution; ``"level"``, the deep-supervision level (0: full resolution); and
-``"keys"``, the case id of each sample, when the batch carries them."""
+(label >= 0) at the output's resolution; ``"level"``, the deep-supervision level (0: full resolution);
+``"keys"``, the case id of each sample, when the batch carries them; and ``"attributes"``, each sample's case
+attributes (column -> value, ``onboard --attributes``), when the data set has them."""
 
 LossFactory = Callable[..., nn.Module]
 """``factory(config: Configuration, regions: list[tuple[int, ...]] | None) -> nn.Module``."""

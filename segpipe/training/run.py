@@ -55,7 +55,7 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
     pre = ws.preprocessed(cfg.data_identifier)
     from segpipe.preprocessing.store import check_preprocessed
 
-    check_preprocessed(pre, [c.id for c in spec.cases], cfg, config)
+    check_preprocessed(pre, [c.id for c in spec.all_cases], cfg, config)
     cascade = _cascade_input(ws, cfg, spec)
     n_inputs = spec.n_channels + (len(cascade.foreground) if cascade is not None else 0)
     train_ids, val_ids = fold_cases(ws, fold, [c.id for c in spec.cases])
@@ -90,6 +90,10 @@ def run_train(ws: Workspace, config: str, fold: str, settings: TrainSettings, tr
         extra["cascade"] = cascade
     if spec.regions is not None:
         extra["regions"] = spec.regions
+    if spec.unlabelled:
+        extra["unlabelled_ids"] = [c.id for c in spec.unlabelled]
+    if spec.attributes:
+        extra["attributes"] = spec.attributes
     t = trainer_cls(cfg, n_inputs, spec.n_outputs, pre, train_ids, val_ids, out, settings, **extra)
     if final.is_file() and not force:
         log.info("fold %s of %s is already trained (%s); use --force to train again", fold, config, final)

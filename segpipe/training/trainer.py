@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -155,12 +155,19 @@ class Trainer:
 
     def __init__(self, config: Configuration, n_channels: int, n_classes: int, preprocessed: Path,
                  train_ids: list[str], val_ids: list[str], out_dir: Path, settings: TrainSettings,
-                 cascade: CascadeInput | None = None, regions: Sequence[Sequence[int]] | None = None):
+                 cascade: CascadeInput | None = None, regions: Sequence[Sequence[int]] | None = None,
+                 unlabelled_ids: Sequence[str] = (), attributes: Mapping[str, Mapping[str, str]] | None = None):
         """``n_channels`` counts every network input channel: for a cascade stage (``cascade`` given), the image
         channels plus one per foreground label of the previous stage's segmentation. ``n_classes`` is the
         number of network outputs: classes (softmax) or, with ``regions`` (region-based training, one sigmoid
-        output per region: the label values that make it up), ``len(regions)``."""
+        output per region: the label values that make it up), ``len(regions)``. ``unlabelled_ids``: the data
+        set's unlabelled images (preprocessed beside the others), for trainers that learn from them.
+        ``attributes``: case id -> the case's attributes (``onboard --attributes``), given to the loss in every
+        batch's metadata (``meta["attributes"]``)."""
         self.config, self.settings = config, settings
+        self.unlabelled_ids = list(unlabelled_ids)
+        self.attributes = {str(k): dict(v) for k, v in (attributes or {}).items()}
+        self.progress = 0.0  # share of the training done (iterations or budget), set before every step
         self.cascade = cascade
         self.regions = [tuple(int(v) for v in r) for r in regions] if regions is not None else None
         if self.regions is not None and len(self.regions) != n_classes:
@@ -239,9 +246,16 @@ class Trainer:
         return self.settings.augment
 
     def batch_meta(self, batch: dict) -> BatchMeta:
-        """The metadata the loss gets besides logits and targets (the mask and level are added per level)."""
+        """The metadata the loss gets besides logits and targets (the mask and level are added per level): the
+        case ids (``"keys"``) and, when the data set has attributes, each sample's (``"attributes"``, a list
+        of column -> value mappings, empty for a case without)."""
         keys = batch.get("keys")
-        return {} if keys is None else {"keys": [str(k) for k in keys]}
+        if keys is None:
+            return {}
+        ids = [str(k) for k in keys]
+        if not self.attributes:
+            return {"keys": ids}
+        return {"keys": ids, "attributes": [self.attributes.get(k, {}) for k in ids]}
 
     def compute_loss(self, out: torch.Tensor | list[torch.Tensor], target: torch.Tensor, meta: BatchMeta
                      ) -> torch.Tensor:
@@ -420,6 +434,7 @@ class Trainer:
                     else:
                         progress = training_progress(self.state["iteration"], total_iterations, 0.0, None)
                     lr = poly_lr(s.lr, progress)
+                    self.progress = progress
                     ti = time.monotonic()
                     losses.append(self.train_step(next(loader), lr))
                     iteration_times.append(time.monotonic() - ti)

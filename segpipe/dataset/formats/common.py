@@ -19,6 +19,8 @@ class OnboardOptions:
     ``spacing_csv``/``pixel_spacing``: pixel size (mm) for 2D formats that carry none.
     ``subject_csv`` (+ ``subject_column``) or ``subject_pattern``: which subject each case belongs to, so that
     cross-validation keeps a subject's cases in one fold (see :mod:`segpipe.dataset.subjects`).
+    ``attributes_csv``: per-case attributes (a case-id column plus columns such as sex, site, scanner), stored
+    per case in dataset.json (see :func:`segpipe.dataset.attributes.attach_attributes`).
     """
 
     name: str
@@ -32,6 +34,7 @@ class OnboardOptions:
     subject_csv: Path | None = None
     subject_column: str | None = None
     subject_pattern: str | None = None
+    attributes_csv: Path | None = None
 
 
 def visible_files(folder: Path) -> list[Path]:

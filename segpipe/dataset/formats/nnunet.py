@@ -1,5 +1,11 @@
 """nnU-Net v2 raw folders: dataset.json with ``channel_names``, ``labels`` ({name: value}), ``file_ending``;
-``imagesTr/<case>_<XXXX><ending>`` (one file per channel) and ``labelsTr/<case><ending>``."""
+``imagesTr/<case>_<XXXX><ending>`` (one file per channel) and ``labelsTr/<case><ending>``.
+
+Unlabelled images (segpipe's addition, for semi-supervised trainers): ``imagesUnlabelled/<case>_<XXXX><ending>``
+when that folder exists, or the folder named by dataset.json's ``"unlabelled": {"folder": "..."}``; and, with
+``"unlabelled": {"images_without_labels": true}``, the images of ``imagesTr`` that have no label file (without
+that declaration such an image is an error, since a forgotten label is the likelier cause).
+"""
 from __future__ import annotations
 
 import re
@@ -62,36 +68,91 @@ def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec,
     ending = dj["file_ending"]
     channels = channels_from(options, dj["channel_names"])
     n_ch = len(channels)
+    folder, without_labels, declared = _unlabelled_declaration(dj, source, dj_path, problems)
+    images = _channel_files(source, "imagesTr", ending, n_ch, problems)
+    label_ids = {p.name[: -len(ending)] for p in visible_files(source / "labelsTr") if p.name.endswith(ending)}
+    cases, unlabelled = [], []
+    for cid, files in sorted(images.items()):
+        if cid in label_ids:
+            cases.append(CaseEntry(cid, files, f"labelsTr/{cid}{ending}"))
+        elif without_labels:
+            unlabelled.append(CaseEntry(cid, files))
+        else:
+            cases.append(CaseEntry(cid, files, None))  # refused by validation, which names the fixes
+    for lid in sorted(label_ids - set(images)):
+        problems.append(Problem("label file without an image", "add the image or remove the label",
+                                str(source / "labelsTr" / f"{lid}{ending}"), lid))
+    if folder is not None and (declared or (source / folder).is_dir()):
+        extra = _channel_files(source, folder, ending, n_ch, problems)
+        for cid in sorted(set(extra) & set(images)):
+            problems.append(Problem(f"case id '{cid}' is both in imagesTr and in {folder}",
+                                    f"rename one of them: case ids are unique across {folder} and imagesTr",
+                                    str(source / folder), cid))
+        unlabelled += [CaseEntry(cid, files) for cid, files in sorted(extra.items()) if cid not in images]
+    spec = DatasetSpec(name=options.name, source=str(source), format="nnunet", channels=channels, labels=labels,
+                       file_ending=ending, cases=cases,
+                       regions_class_order=[int(v) for v in order] if order else None, unlabelled=unlabelled)
+    return spec, problems
+
+
+UNLABELLED_FOLDER = "imagesUnlabelled"
+
+
+def _unlabelled_declaration(dj: dict, source: Path, dj_path: Path, problems: list[Problem]
+                            ) -> tuple[str | None, bool, bool]:
+    """dataset.json's ``"unlabelled"``: ``(folder of unlabelled images, images of imagesTr without a label are
+    unlabelled, the folder was declared)``. Without the key: ``imagesUnlabelled`` (used when it exists), False."""
+    decl = dj.get("unlabelled")
+    if decl is None:
+        return UNLABELLED_FOLDER, False, False
+    fix = ('write e.g. "unlabelled": {"folder": "imagesUnlabelled", "images_without_labels": false} '
+           '(both keys optional)')
+    if not isinstance(decl, dict) or set(decl) - {"folder", "images_without_labels"}:
+        problems.append(Problem(f"dataset.json 'unlabelled' is {decl!r}, not an object with 'folder' and/or "
+                                "'images_without_labels'", fix, str(dj_path)))
+        return None, False, False
+    folder = decl.get("folder", UNLABELLED_FOLDER)
+    without = decl.get("images_without_labels", False)
+    if not isinstance(without, bool):
+        problems.append(Problem(f"dataset.json 'unlabelled.images_without_labels' is {without!r}, not true/false",
+                                fix, str(dj_path)))
+        without = False
+    if not isinstance(folder, str) or not folder or "/" in folder or "\\" in folder or folder.startswith("."):
+        problems.append(Problem(f"dataset.json 'unlabelled.folder' is {folder!r}, not a folder name inside the "
+                                "data set's folder", fix, str(dj_path)))
+        return None, without, False
+    if "folder" in decl and not (source / folder).is_dir():
+        problems.append(Problem(f"dataset.json declares unlabelled images in '{folder}', which does not exist",
+                                f"create {source / folder} with <case>_0000<file_ending> images, or fix the name",
+                                str(dj_path)))
+        return None, without, False
+    return folder, without, "folder" in decl
+
+
+def _channel_files(source: Path, folder: str, ending: str, n_ch: int, problems: list[Problem]
+                   ) -> dict[str, list[str]]:
+    """``{case: [file per channel]}`` (relative to ``source``) of ``folder``'s ``<case>_<XXXX><ending>`` files;
+    cases with missing or extra channel files are left out, with a problem each."""
     pat = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + "$")
-    images: dict[str, dict[int, str]] = {}
-    for p in visible_files(source / "imagesTr"):
+    found: dict[str, dict[int, str]] = {}
+    for p in visible_files(source / folder):
         m = pat.match(p.name)
         if m:
-            images.setdefault(m["case"], {})[int(m["ch"])] = f"imagesTr/{p.name}"
+            found.setdefault(m["case"], {})[int(m["ch"])] = f"{folder}/{p.name}"
         elif p.name.endswith(ending):
             problems.append(Problem("image file name lacks the channel suffix _XXXX",
                                     f"rename it to <case>_0000{ending}", str(p)))
-    label_ids = {p.name[: -len(ending)] for p in visible_files(source / "labelsTr") if p.name.endswith(ending)}
-    cases = []
-    for cid in sorted(images):
-        chans = images[cid]
+    out: dict[str, list[str]] = {}
+    for cid, chans in found.items():
         missing = [i for i in range(n_ch) if i not in chans]
         extra = [i for i in chans if i >= n_ch]
         if missing:
             problems.append(Problem(f"missing channel file(s) {[f'{cid}_{i:04d}{ending}' for i in missing]}",
-                                    "add them, or fix channel_names in dataset.json", str(source / "imagesTr"), cid))
+                                    "add them, or fix channel_names in dataset.json", str(source / folder), cid))
         if extra:
             problems.append(Problem(f"extra channel file(s) {[f'{cid}_{i:04d}{ending}' for i in extra]} beyond the "
                                     f"{n_ch} declared channel(s)", "declare the channel in channel_names or "
-                                    "remove the file", str(source / "imagesTr"), cid))
-        if missing or extra:
-            continue
-        cases.append(CaseEntry(cid, [chans[i] for i in range(n_ch)],
-                               f"labelsTr/{cid}{ending}" if cid in label_ids else None))
-    for lid in sorted(label_ids - set(images)):
-        problems.append(Problem("label file without an image", "add the image or remove the label",
-                                str(source / "labelsTr" / f"{lid}{ending}"), lid))
-    spec = DatasetSpec(name=options.name, source=str(source), format="nnunet", channels=channels, labels=labels,
-                       file_ending=ending, cases=cases,
-                       regions_class_order=[int(v) for v in order] if order else None)
-    return spec, problems
+                                    "remove the file", str(source / folder), cid))
+        if not (missing or extra):
+            out[cid] = [chans[i] for i in range(n_ch)]
+    return out
