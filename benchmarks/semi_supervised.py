@@ -26,12 +26,13 @@ HIPPO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippoc
 LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 
 
-def write_data(src: Path, out: Path, every: int) -> dict[str, list[str]]:
+def write_data(src: Path, out: Path, every: int, n_test: int = 0) -> dict[str, list[str]]:
     from segpipe.training.splits import make_splits
 
     ids = sorted(p.name[: -len(".nii.gz")] for p in (src / "imagesTr").iterdir() if p.name.endswith(".nii.gz"))
     fold0 = make_splits(ids)[0]
     test, train = sorted(fold0["val"]), sorted(fold0["train"])
+    test = test[:n_test] if n_test else test
     labelled = train[::every]
     unlabelled = [c for c in train if c not in labelled]
     for arm, extra in (("sup", []), ("semi", unlabelled)):
@@ -69,7 +70,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="work folder (data, workspaces, predictions, logs)")
     p.add_argument("--data", type=Path, default=HIPPO, help="MSD hippocampus folder (imagesTr, labelsTr)")
     p.add_argument("--every", type=int, default=10, help="label every N-th training case (10: 10%%)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs of 250 iterations for both arms")
+    p.add_argument("--epochs", type=int, default=8, help="epochs for both arms")
+    p.add_argument("--iterations-per-epoch", type=int, default=250)
+    p.add_argument("--test-cases", type=int, default=0, help="score only the first N test cases (0: all 52)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
@@ -77,7 +80,7 @@ def main() -> int:
     a = p.parse_args()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    split = write_data(a.data, out, a.every)
+    split = write_data(a.data, out, a.every, a.test_cases)
     print(f"{len(split['labelled'])} labelled, {len(split['unlabelled'])} unlabelled, {len(split['test'])} test")
     if a.stage == "data":
         return 0
@@ -95,7 +98,8 @@ def main() -> int:
             if not run_ws.exists():
                 shutil.copytree(ws, run_ws, symlinks=True)
             wall = segpipe("train", "-w", str(run_ws), "-n", "hip", "-c", "3d_fullres", "-f", "all", "-tr", trainer,
-                           "--seed", str(seed), "--epochs", str(a.epochs), "--iterations-per-epoch", "250",
+                           "--seed", str(seed), "--epochs", str(a.epochs), "--iterations-per-epoch",
+                           str(a.iterations_per_epoch),
                            "--workers", w, "--device", a.device, "--no-validation",
                            log=out / f"train_{arm}_s{seed}.log")
             print(f"{arm} seed {seed}: trained in {wall:.0f} s")
