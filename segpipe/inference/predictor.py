@@ -40,7 +40,7 @@ from segpipe.inference.inputs import apply_spacing, input_spec
 from segpipe.inference.models import chosen_models, load_models
 from segpipe.inference.predict import case_probabilities, predict_folder
 from segpipe.inference.predictors import DEFAULT_PREDICTOR, check_predictor
-from segpipe.inference.uncertainty import case_uncertainty, uncertainty_paths
+from segpipe.inference.uncertainty import CaseUncertainty, case_uncertainty, uncertainty_paths
 from segpipe.io.images import Geometry, geometry_of, write_image
 from segpipe.preprocessing.case import preprocess_case
 from segpipe.workspace import Workspace
@@ -49,21 +49,14 @@ PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
-class UncertainPrediction:
+class UncertainPrediction(CaseUncertainty):
     """A label map with its uncertainty, as ``segpipe predict --uncertainty`` computes it
-    (:mod:`segpipe.inference.uncertainty`): ``label`` (``uint8``), ``entropy`` and ``mutual_information``
-    (float32, nats, the label map's shape), and ``scores`` (the case's entry of ``uncertainty.json``: ``score``,
-    the region's and the whole image's mean entropy and mutual information, ...)."""
+    (:mod:`segpipe.inference.uncertainty`): ``label`` (``uint8``) besides :class:`CaseUncertainty`'s ``entropy``
+    and ``mutual_information`` (float32, nats, the label map's shape), ``scores`` (the case's entry of
+    ``uncertainty.json``: ``score``, the region's and the whole image's mean entropy and mutual information, ...)
+    and ``score``."""
 
     label: np.ndarray
-    entropy: np.ndarray
-    mutual_information: np.ndarray
-    scores: dict[str, Any]
-
-    @property
-    def score(self) -> float:
-        """The case's uncertainty score (mean entropy over the region of interest, nats)."""
-        return float(self.scores["score"])
 
 
 class Predictor:
@@ -241,4 +234,4 @@ class Predictor:
         if expected is None:
             return label
         u = case_uncertainty(parts, expected, label, resampling, regions=self.spec.region_order is not None)
-        return UncertainPrediction(label, u.entropy, u.mutual_information, u.scores)
+        return UncertainPrediction(u.entropy, u.mutual_information, u.scores, label=label)
