@@ -347,7 +347,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch, workers=a.workers, device=a.device,
             precision=a.precision, batch_size=a.batch_size, options=options, copy=copy,
             allow_external_links=allow_external_links,
-            force_onboard=force, echo=print)
+            force_onboard=force, echo=print, trainer=a.trainer)
     return 0
 
 
@@ -649,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--epochs", type=int)
     ru.add_argument("--iterations-per-epoch", type=int, help="default 250, or with --budget what fits it")
     ru.add_argument("--batch-size", type=int, help="override the plans' batch sizes for training")
+    ru.add_argument("--trainer", "-tr", help="trainer from the registry for every fold (default: the plan's; e.g. "
+                    "bcp for a data set with unlabelled images)")
     _add_device(ru)
     ru.add_argument("--workers", type=int, default=_default_workers())
     ru.add_argument("--onboard-args", nargs=argparse.REMAINDER, default=[],

@@ -24,7 +24,7 @@ from segpipe.report import write_report
 from segpipe.training.run import run_train
 from segpipe.training.schedule import parse_duration
 from segpipe.training.splits import fold_names
-from segpipe.training.trainer import TrainSettings
+from segpipe.training.trainer import TrainSettings, get_trainer
 from segpipe.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
             iterations_per_epoch: int | None = None, workers: int = 1, device: str = "auto", precision: str = "auto",
             batch_size: int | None = None, options: OnboardOptions | None = None, copy: bool = False,
             allow_external_links: bool = False, force_onboard: bool = False,
-            echo: Callable[[str], None] | None = None, report: bool = True) -> RunResult:
+            echo: Callable[[str], None] | None = None, report: bool = True, trainer: str | None = None
+            ) -> RunResult:
     """Onboard ``source``, fingerprint, plan, preprocess and train every fold of every configuration, then
     select the best configuration/ensemble and post-processing (``selection.json``).
 
@@ -62,8 +63,12 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
     ``force_onboard`` (``segpipe run --onboard-args`` parses them from `segpipe onboard` options). ``folds``
     default to every fold of splits.json (5, fewer for data sets of fewer cases). The results the user asked for
     (the plans, each fold's outcome, the selection and, with ``report``, the path of the report written at the
-    end) go to ``echo`` when given (the command line passes ``print``); progress is logged.
+    end) go to ``echo`` when given (the command line passes ``print``); progress is logged. ``trainer``: a
+    registered trainer for every fold instead of the plan's (e.g. ``bcp`` for a data set with unlabelled
+    images), checked before anything is written.
     """
+    if trainer is not None:
+        get_trainer(trainer)  # an unknown name fails here, with a did-you-mean, not after preprocessing
     say = echo or (lambda text: None)
     options = options or OnboardOptions(name=name)
     options.name = name
@@ -92,7 +97,7 @@ def run_all(source: str | Path, root: Path, name: str, configs: list[str] | None
             continue
         run_preprocess(ws, config, workers=workers)
         for fold in fold_list:
-            res = run_train(ws, config, fold, settings)
+            res = run_train(ws, config, fold, settings, trainer=trainer)
             result.trained.setdefault(config, {})[fold] = res
             v = res["validation"]
             if v:

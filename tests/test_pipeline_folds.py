@@ -85,3 +85,27 @@ def test_invalid_onboard_args_are_a_user_error(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "--onboard-args" in err and "segpipe onboard --help" in err
     assert not ws.exists()
+
+
+def test_an_unknown_trainer_is_refused_before_anything_is_written(tmp_path: Path, capsys):
+    src = make_msd(tmp_path / "src", hippo_ids(2))
+    ws = tmp_path / "ws"
+    assert main(["run", str(src), "--name", "x", "-w", str(ws), *RUN, "--trainer", "bcpp"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown trainer 'bcpp'" in err and "bcp" in err
+    assert not ws.exists()
+
+
+def test_run_trains_with_the_trainer_given(tmp_path: Path):
+    """`segpipe run --trainer bcp` on a folder with unlabelled images: the folds are trained by bcp."""
+    from conftest import make_semi
+
+    from segpipe.training.checkpoint import load_checkpoint
+
+    make_semi(tmp_path / "src", n_labelled=3, n_unlabelled=2)
+    ws = tmp_path / "ws"
+    assert main(["run", str(tmp_path / "src"), "--name", "semi", "-w", str(ws), *RUN, "--folds", "0",
+                 "--trainer", "bcp"]) == 0
+    st = load_checkpoint(ws / "semi" / "results" / "2d" / "fold_0" / "checkpoint_final.pt")
+    assert st["registry"]["trainer"] == "bcp" and st["teacher"] is not None
+    assert read_json(ws / "semi" / "records" / "train_2d_fold_0.json", kind="stage_record")["info"]["trainer"] == "bcp"
