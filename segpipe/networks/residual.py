@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from segpipe.networks.registry import Topology, register_network
-from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, UNet, conv, init_weights, norm
+from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, UNet, conv, encode, init_weights, norm
 
 
 class BasicBlock(nn.Module):
@@ -56,11 +56,7 @@ class ResidualEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
+        return encode(self.stages, x)
 
 
 class ResidualUNet(UNet):

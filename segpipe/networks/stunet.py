@@ -48,7 +48,7 @@ from torch import nn
 
 from segpipe.errors import fail
 from segpipe.networks.registry import Topology, register_network
-from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, conv, conv_class, decode, init_weights, norm
+from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, conv, conv_class, decode, encode, init_weights, norm
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,7 @@ class STUEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
+        return encode(self.stages, x)
 
 
 class STUDecoder(nn.Module):

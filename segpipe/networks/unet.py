@@ -75,11 +75,7 @@ class PlainEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
+        return encode(self.stages, x)
 
 
 class UNetDecoder(nn.Module):
@@ -103,6 +99,16 @@ class UNetDecoder(nn.Module):
 
     def forward(self, skips: list[torch.Tensor], deep_supervision: bool) -> torch.Tensor | list[torch.Tensor]:
         return decode(self.ups, self.blocks, self.heads, skips, deep_supervision)
+
+
+def encode(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """An encoder's pass: ``x`` ``(B, C, *S)`` through ``stages`` in turn, returning every stage's output (the
+    skips, bottleneck last) for :func:`decode`."""
+    skips = []
+    for stage in stages:
+        x = stage(x)
+        skips.append(x)
+    return skips
 
 
 def decode(ups: nn.ModuleList, blocks: nn.ModuleList, heads: nn.ModuleList, skips: list[torch.Tensor],
