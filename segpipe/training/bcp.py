@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from segpipe.errors import fail
-from segpipe.training.checkpoint import load_checkpoint
 from segpipe.training.copy_paste import BOX_FRACTION, box_mask, largest_components, mix_both_ways
 from segpipe.training.data import BatchStream, make_loader
 from segpipe.training.trainer import Trainer, register_trainer
@@ -69,9 +67,9 @@ class BCPTrainer(Trainer):
         st["teacher"] = None if self.teacher is None else self.teacher.state_dict()
         return st
 
-    def load(self, path: Path) -> None:
-        super().load(path)
-        teacher = load_checkpoint(path, map_location=self.device).get("teacher")
+    def restore(self, st: dict) -> None:
+        super().restore(st)
+        teacher = st.get("teacher")
         if teacher is not None:
             self.teacher = self._new_teacher()
             self.teacher.load_state_dict(teacher)

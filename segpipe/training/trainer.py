@@ -226,8 +226,15 @@ class Trainer:
                 "settings": {k: v for k, v in asdict(self.settings).items() if k != "extra"}, **self.state}
 
     def load(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path`` (read once; :meth:`restore` applies it)."""
         st = load_checkpoint(path, map_location=self.device)
         check_compatible(st, self.config.network, path)
+        self.restore(st)
+        log.info("resumed from %s (epoch %d, iteration %d)", path, st["epoch"], st["iteration"])
+
+    def restore(self, st: dict) -> None:
+        """Apply a checkpoint's contents (:meth:`checkpoint_state`'s dict): weights, optimizer, scaler, RNG and loop
+        state. A subclass that saves more in :meth:`checkpoint_state` restores it here."""
         self.network.load_state_dict(st["network"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scaler.load_state_dict(st["scaler"])
@@ -235,7 +242,6 @@ class Trainer:
         # every key of this trainer's state that the checkpoint has (a subclass may keep more keys than
         # TrainState's; a checkpoint of an older segpipe may lack newer ones, which keep their start values)
         self.state = cast(TrainState, {**self.state, **{k: st[k] for k in self.state if k in st}})
-        log.info("resumed from %s (epoch %d, iteration %d)", path, st["epoch"], st["iteration"])
 
     def save(self, name: str) -> None:
         if self.is_main:
