@@ -5,7 +5,6 @@ are copied), never modified.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ from segpipe.dataset.formats.common import OnboardOptions
 from segpipe.dataset.model import IGNORE_LABEL, DatasetSpec, case_id_problem, label_values
 from segpipe.dataset.store import load_dataset
 from segpipe.dataset.subjects import assign_subjects
-from segpipe.dataset.validate import declared_label_problems, validate_dataset
+from segpipe.dataset.validate import validate_dataset
 from segpipe.errors import Problem, SegpipeError, fail
 from segpipe.io.atomic import _tmp_name, remove_stale_temporaries, replace_tree, verification_failed
 from segpipe.io.images import ENDINGS_2D
@@ -100,8 +99,6 @@ def onboard(source: str | os.PathLike, workspace_root: str | os.PathLike, option
             log.warning("onboard: the workspace's raw/ folder is missing files (an interrupted run?); "
                         "onboarding again")
     problems, reports = validate_dataset(spec, src, workers=workers, extra_problems=problems)
-    if spec.unlabelled:
-        problems += validate_unlabelled(spec, src, workers, [r.ndim for r in reports if r.ndim])
     found = {int(v) for r in reports for v in r.label_values}
     if not any(p.severity == "error" for p in problems):
         problems += _complete_labels(spec, found)
@@ -156,17 +153,3 @@ def raw_is_complete(ws: Workspace, spec: DatasetSpec) -> bool:
     """True when every case file of ``spec`` is present under the workspace's ``raw/``."""
     return all((ws.raw / f).is_file() for c in spec.all_cases for f in c.files())
 
-
-def validate_unlabelled(spec: DatasetSpec, src: Path, workers: int, labelled_ndims: list[int]) -> list[Problem]:
-    """Validate the unlabelled images like the labelled ones (readable, finite, channels on one grid, ...), with
-    no label to check; they must have the labelled cases' dimensionality."""
-    unlabelled_only = dataclasses.replace(spec, cases=list(spec.unlabelled), unlabelled=[])
-    problems, reports = validate_dataset(unlabelled_only, src, workers=workers, require_label=False)
-    reported = {p.problem for p in declared_label_problems(spec)}  # the labelled cases' validation gave them
-    problems = [p for p in problems if p.problem not in reported]
-    if labelled_ndims:
-        major = max(set(labelled_ndims), key=labelled_ndims.count)
-        problems += [Problem(f"unlabelled {r.ndim}D image in a data set of {major}D images",
-                             "remove it from the unlabelled images", case=r.case)
-                     for r in reports if r.ndim and r.ndim != major]
-    return problems

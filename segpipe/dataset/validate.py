@@ -188,18 +188,19 @@ def _validate_one(args) -> CaseReport:
 
 def validate_dataset(spec: DatasetSpec, raw_root: Path, workers: int = 1, require_label: bool = True,
                      extra_problems: list[Problem] | None = None) -> tuple[list[Problem], list[CaseReport]]:
-    """Validate all cases (in ``workers`` processes). Returns (problems incl. warnings, per-case reports)."""
+    """Validate all cases, the unlabelled images too (as images: no label is required of them), in ``workers``
+    processes. Returns (problems incl. warnings, per-case reports, the labelled cases' first)."""
     problems: list[Problem] = list(extra_problems or []) + declared_label_problems(spec)
     if not spec.cases:
         problems.append(Problem("no cases found", "check the folder and the file patterns", spec.source))
         return problems, []
-    counts = Counter(c.id for c in spec.cases)
+    counts = Counter(c.id for c in spec.all_cases)
     for cid, n in counts.items():
         if n > 1:
             problems.append(Problem(f"case id '{cid}' occurs {n} times", "give every case a unique file name",
                                     case=cid))
     safe_cases = []
-    for c in spec.cases:
+    for c in spec.all_cases:
         why = case_id_problem(c.id)
         for rel in c.images + ([c.label] if c.label else []):
             why = why or relative_path_problem(rel)
@@ -209,7 +210,8 @@ def validate_dataset(spec: DatasetSpec, raw_root: Path, workers: int = 1, requir
         else:
             safe_cases.append(c)
     expect_ndim = 2 if spec.file_ending.lower() in (".png", ".bmp", ".jpg", ".jpeg") else None
-    args = [(spec, raw_root, c, expect_ndim, require_label) for c in safe_cases]
+    unlabelled = {c.id for c in spec.unlabelled}
+    args = [(spec, raw_root, c, expect_ndim, require_label and c.id not in unlabelled) for c in safe_cases]
     reports = map_cases(_validate_one, args, workers if len(args) > 8 else 1, "validate",
                         cases=[c.id for c in safe_cases])
     ndims = Counter(r.ndim for r in reports if r.ndim is not None)
