@@ -68,7 +68,7 @@ def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec,
     ending = dj["file_ending"]
     channels = channels_from(options, dj["channel_names"])
     n_ch = len(channels)
-    folder, without_labels, declared = _unlabelled_declaration(dj, source, dj_path, problems)
+    folder, without_labels = _unlabelled_declaration(dj, source, dj_path, problems)
     images = _channel_files(source, "imagesTr", ending, n_ch, problems)
     label_ids = {p.name[: -len(ending)] for p in visible_files(source / "labelsTr") if p.name.endswith(ending)}
     cases, unlabelled = [], []
@@ -82,7 +82,7 @@ def discover_nnunet(source: Path, options: OnboardOptions) -> tuple[DatasetSpec,
     for lid in sorted(label_ids - set(images)):
         problems.append(Problem("label file without an image", "add the image or remove the label",
                                 str(source / "labelsTr" / f"{lid}{ending}"), lid))
-    if folder is not None and (declared or (source / folder).is_dir()):
+    if folder is not None and (source / folder).is_dir():
         extra = _channel_files(source, folder, ending, n_ch, problems)
         for cid in sorted(set(extra) & set(images)):
             problems.append(Problem(f"case id '{cid}' is both in imagesTr and in {folder}",
@@ -99,18 +99,19 @@ UNLABELLED_FOLDER = "imagesUnlabelled"
 
 
 def _unlabelled_declaration(dj: dict, source: Path, dj_path: Path, problems: list[Problem]
-                            ) -> tuple[str | None, bool, bool]:
+                            ) -> tuple[str | None, bool]:
     """dataset.json's ``"unlabelled"``: ``(folder of unlabelled images, images of imagesTr without a label are
-    unlabelled, the folder was declared)``. Without the key: ``imagesUnlabelled`` (used when it exists), False."""
+    unlabelled)``; a declared folder must exist. Without the key: ``imagesUnlabelled`` (used when it exists),
+    False."""
     decl = dj.get("unlabelled")
     if decl is None:
-        return UNLABELLED_FOLDER, False, False
+        return UNLABELLED_FOLDER, False
     fix = ('write e.g. "unlabelled": {"folder": "imagesUnlabelled", "images_without_labels": false} '
            '(both keys optional)')
     if not isinstance(decl, dict) or set(decl) - {"folder", "images_without_labels"}:
         problems.append(Problem(f"dataset.json 'unlabelled' is {decl!r}, not an object with 'folder' and/or "
                                 "'images_without_labels'", fix, str(dj_path)))
-        return None, False, False
+        return None, False
     folder = decl.get("folder", UNLABELLED_FOLDER)
     without = decl.get("images_without_labels", False)
     if not isinstance(without, bool):
@@ -120,13 +121,13 @@ def _unlabelled_declaration(dj: dict, source: Path, dj_path: Path, problems: lis
     if not isinstance(folder, str) or not folder or "/" in folder or "\\" in folder or folder.startswith("."):
         problems.append(Problem(f"dataset.json 'unlabelled.folder' is {folder!r}, not a folder name inside the "
                                 "data set's folder", fix, str(dj_path)))
-        return None, without, False
+        return None, without
     if "folder" in decl and not (source / folder).is_dir():
         problems.append(Problem(f"dataset.json declares unlabelled images in '{folder}', which does not exist",
                                 f"create {source / folder} with <case>_0000<file_ending> images, or fix the name",
                                 str(dj_path)))
-        return None, without, False
-    return folder, without, "folder" in decl
+        return None, without
+    return folder, without
 
 
 def _channel_files(source: Path, folder: str, ending: str, n_ch: int, problems: list[Problem]
