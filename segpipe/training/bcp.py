@@ -111,15 +111,13 @@ class BCPTrainer(Trainer):
             for tb, sb in zip(self.teacher.buffers(), self.network.buffers()):
                 tb.copy_(sb)
 
-    def train_step(self, batch: dict, lr: float) -> float:
+    def batch_loss(self, batch: dict) -> torch.Tensor:
         if self.progress < self.options["warmup"] and self.teacher is None:
-            return super().train_step(batch, lr)
+            return super().batch_loss(batch)
         if self.teacher is None:
             log.info("bcp: warm-up done at iteration %d; copy-paste self-training with a mean teacher from here",
                      self.state["iteration"])
             self.teacher = self._new_teacher()
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
         unlabelled = self._unlabelled_batch()
         data_l = torch.as_tensor(batch["data"]).to(self.device, non_blocking=True)
         seg_l = torch.as_tensor(batch["seg"]).to(self.device, non_blocking=True)
@@ -131,15 +129,13 @@ class BCPTrainer(Trainer):
                                            for _ in range(data_l.shape[0])])).to(self.device)
         images, reference, pseudo_target = mix_both_ways(data_l, seg_l, data_u, pseudo, masks)
         meta = self.batch_meta(batch)
-        self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             out = self.model(images)
-            loss = (self.compute_loss(out, reference, meta)
+            return (self.compute_loss(out, reference, meta)
                     + self.options["pseudo_weight"] * self.compute_loss(out, pseudo_target, meta))
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.update_teacher()
-        return float(loss.detach().item())
+
+    def train_step(self, batch: dict, lr: float) -> float:
+        loss = super().train_step(batch, lr)
+        if self.teacher is not None:
+            self.update_teacher()
+        return loss

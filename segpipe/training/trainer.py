@@ -272,15 +272,20 @@ class Trainer:
             out = list(out)[: self.n_levels]
         return self.loss(out, targets, meta)
 
-    def train_step(self, batch: dict, lr: float) -> float:
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+    def batch_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of one training batch: the forward pass (under autocast) and :meth:`compute_loss`."""
         data = torch.as_tensor(batch["data"]).to(self.device, non_blocking=True)
         target = torch.as_tensor(batch["seg"]).to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             out = self.model(data)
-            loss = self.compute_loss(out, target, self.batch_meta(batch))
+            return self.compute_loss(out, target, self.batch_meta(batch))
+
+    def train_step(self, batch: dict, lr: float) -> float:
+        """One optimizer step on :meth:`batch_loss` at learning rate ``lr`` (gradient scaling, clipping)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.batch_loss(batch)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
