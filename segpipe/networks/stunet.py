@@ -46,9 +46,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segpipe.errors import fail
 from segpipe.networks.registry import Topology, register_network
-from segpipe.networks.unet import NEGATIVE_SLOPE, ConvNormAct, conv, conv_class, decode, encode, init_weights, norm
+from segpipe.networks.unet import (
+    NEGATIVE_SLOPE,
+    ConvNormAct,
+    UNet,
+    conv,
+    conv_class,
+    decode,
+    encode,
+    init_weights,
+    norm,
+)
 
 
 @dataclass(frozen=True)
@@ -182,8 +191,9 @@ def _init_linear(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
 
 
-class STUNet(nn.Module):
-    """STU-Net of scale ``size`` on the plan's ``topology`` (stages, kernels, strides).
+class STUNet(UNet):
+    """STU-Net of scale ``size`` on the plan's ``topology`` (stages, kernels, strides): a :class:`UNet` with
+    :class:`STUEncoder` and :class:`STUDecoder`.
 
     ``(B, C_in, *S) -> (B, n_classes, *S)``, or a list full resolution first when ``deep_supervision`` (which
     may be toggled after construction). Weights as :func:`init_stunet`.
@@ -191,23 +201,12 @@ class STUNet(nn.Module):
 
     def __init__(self, topology: Topology, size: STUNetSize, in_channels: int, n_classes: int,
                  deep_supervision: bool = True):
-        super().__init__()
-        self.topology = topology
+        widths = size.widths(topology.n_stages)
+        super().__init__(topology, STUEncoder(topology, widths, size.depth, in_channels), n_classes,
+                         deep_supervision, decoder=STUDecoder(topology, widths, size.depth, n_classes))
         self.size = size
-        self.widths = size.widths(topology.n_stages)
-        self.n_classes = n_classes
-        self.deep_supervision = deep_supervision
-        self.encoder = STUEncoder(topology, self.widths, size.depth, in_channels)
-        self.decoder = STUDecoder(topology, self.widths, size.depth, n_classes)
+        self.widths = widths
         init_stunet(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``(B, C_in, *S) -> (B, n_classes, *S)``, or a list full resolution first when deep supervising."""
-        spatial, total = tuple(x.shape[2:]), self.topology.total_stride
-        if len(spatial) != len(total) or any(s % t for s, t in zip(spatial, total)):
-            raise fail(f"network input of spatial shape {list(spatial)} is not divisible by the total stride "
-                       f"{list(total)}", "use a patch size from the plan (or pad the input to a multiple)")
-        return self.decoder(self.encoder(x), self.deep_supervision)
 
 
 @register_network("stunet-s")

@@ -137,18 +137,20 @@ def init_weights(module: nn.Module) -> None:
 
 
 class UNet(nn.Module):
-    """An encoder (returning per-stage features) followed by :class:`UNetDecoder`.
+    """An encoder (returning per-stage features) followed by a decoder (default :class:`UNetDecoder`; called as
+    ``decoder(skips, deep_supervision)``).
 
     ``deep_supervision`` may be toggled after construction (inference sets it to False).
     """
 
-    def __init__(self, topology: Topology, encoder: nn.Module, n_classes: int, deep_supervision: bool = True):
+    def __init__(self, topology: Topology, encoder: nn.Module, n_classes: int, deep_supervision: bool = True,
+                 decoder: nn.Module | None = None):
         super().__init__()
         self.topology = topology
         self.n_classes = n_classes
         self.deep_supervision = deep_supervision
         self.encoder = encoder
-        self.decoder = UNetDecoder(topology, n_classes)
+        self.decoder = decoder if decoder is not None else UNetDecoder(topology, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(B, C_in, *S) -> (B, n_classes, *S)``, or a list full resolution first when deep supervising."""
